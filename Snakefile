@@ -1,0 +1,21 @@
+# Unit ablation study: how much each CNN unit matters, overall and per class, and why.
+# Stages live in workflow/rules/; the library in workflow/unitablation/; README.md explains both.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/activations.smk"
+
+
+rule all:
+    input:
+        all_outputs(),
+    default_target: True

@@ -1,0 +1,120 @@
+# Helpers only: config validation, paths, per-rule params. No rules here.
+
+import sys
+import warnings
+from pathlib import Path
+
+from snakemake.utils import validate
+
+LIBRARY_DIR = Path(workflow.basedir) / "workflow"
+if str(LIBRARY_DIR) not in sys.path:
+    sys.path.insert(0, str(LIBRARY_DIR))
+
+validate(config, "../schemas/config.schema.yaml")
+
+WORLD_DIR = "results/world"
+TRAINED_ARCH = "tinyalex"
+SPLITS = ("eval", "concept")
+
+
+def env_file(name):
+    """Path of a conda env file, relative to the rule files (Snakemake resolves it so)."""
+    return f"../../envs/{name}.yaml"
+
+
+def script_file(name):
+    """Path of a rule script, relative to the rule files."""
+    return f"../scripts/{name}"
+
+
+def model_names():
+    """Configured model names, config order."""
+    return list(config["models"])
+
+
+def model_entry(name):
+    """The config entry of one model."""
+    return config["models"][name]
+
+
+def model_layers(name):
+    """Layers studied in one model: its own list, else the global one."""
+    return list(model_entry(name).get("layers") or config["layers"])
+
+
+def layers_of(wildcards):
+    """Layers studied in the model of a job."""
+    return model_layers(wildcards.model)
+
+
+def is_trained(name):
+    """Whether the pipeline trains this model itself (the miniature family)."""
+    return model_entry(name)["arch"] == TRAINED_ARCH
+
+
+def check_config_layers():
+    """Fail at start, listing valid module paths, when a configured layer does not exist."""
+    try:
+        from unitablation.models import ModelSpec, check_layers
+    except ImportError as error:  # e.g. a Snakemake-only env with --sdm conda
+        warnings.warn(f"cannot import the library to check layer names now ({error}); "
+                      "extraction jobs will check them")
+        return
+    for name in model_names():
+        spec = ModelSpec.from_config(model_entry(name), num_classes=2,
+                                     image_size=config["world"]["image_size"])
+        try:
+            check_layers(spec, model_layers(name), name)
+        except ValueError as error:
+            raise ValueError(f"config error in models.{name}.layers: {error}") from None
+
+
+check_config_layers()
+
+
+def train_images(wildcards):
+    """ImageFolder root a trained model learns from."""
+    return model_entry(wildcards.model).get("train_images", f"{WORLD_DIR}/images/train")
+
+
+def split_source(wildcards):
+    """The image set of one split: ImageFolder val root (eval) or Broden directory (concept)."""
+    entry = model_entry(wildcards.model)
+    if wildcards.split == "eval":
+        return entry.get("eval_images", f"{WORLD_DIR}/images/val")
+    return entry.get("concept_set", f"{WORLD_DIR}/broden")
+
+
+def model_weights(wildcards):
+    """Checkpoint of a model: trained here, or the local file config names."""
+    entry = model_entry(wildcards.model)
+    if entry["arch"] == TRAINED_ARCH:
+        return f"results/{wildcards.model}/model.pt"
+    return entry["weights"]
+
+
+def model_spec_params(wildcards):
+    """The model entry with the image size resolved: what building the network reads."""
+    entry = dict(model_entry(wildcards.model))
+    entry.setdefault("image_size", config["world"]["image_size"])
+    entry.pop("layers", None)
+    return entry
+
+
+def gpu_count(wildcards):
+    """GPUs a torch job holds: 1 when config pins CUDA, else 0 (auto never blocks a CPU run)."""
+    return 1 if config["device"].startswith("cuda") else 0
+
+
+def all_outputs():
+    """Final targets of this stage of the pipeline."""
+    outputs = []
+    for name in model_names():
+        outputs.append(f"results/{name}/baseline.csv")
+        outputs.extend(f"results/{name}/activations/{split}.h5" for split in SPLITS)
+    return outputs
+
+
+wildcard_constraints:
+    model="|".join(model_names()),
+    split="|".join(SPLITS),

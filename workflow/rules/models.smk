@@ -1,0 +1,23 @@
+# Models: train the miniature variants (torchvision models come with their own weights).
+
+
+rule train_model:
+    input:
+        images=train_images,
+    output:
+        weights="results/{model}/model.pt",
+        history="results/{model}/training.csv",
+    params:
+        model=model_spec_params,
+        training=config["training"],
+        seed=config["seed"],
+        device=config["device"],
+    log:
+        "results/logs/train_model/{model}.log",
+    conda:
+        env_file("torch")
+    threads: config["training"]["threads"]
+    resources:
+        gpu=gpu_count,
+    script:
+        script_file("train_model.py")

@@ -1,0 +1,36 @@
+"""Rule adapter: render the embedded image world as an ImageFolder and a Broden concept set."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+if "snakemake" in globals():  # make the library importable inside any rule environment
+    sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
+
+from unitablation.logs import logged_to  # noqa: E402
+from unitablation.world import WorldSpec  # noqa: E402
+from unitablation.world_export import write_concept_set, write_image_folder  # noqa: E402
+
+
+def main(images_out: str, broden_out: str, world: Mapping[str, Any], seed: int) -> None:
+    """Validate the world's sizes, then write both directories (each appears only when whole)."""
+    spec = WorldSpec(**world, seed=seed)
+    spec.validate()
+    started = time.perf_counter()
+    write_image_folder(images_out, spec)
+    write_concept_set(broden_out, spec)
+    print(f"world written in {time.perf_counter() - started:.1f} s: {spec}", file=sys.stderr)
+
+
+if "snakemake" in globals():
+    with logged_to(snakemake.log[0]):  # noqa: F821
+        main(
+            snakemake.output.images,  # noqa: F821
+            snakemake.output.broden,  # noqa: F821
+            snakemake.params.world,  # noqa: F821
+            snakemake.params.seed,  # noqa: F821
+        )

@@ -1,0 +1,68 @@
+"""Rule adapter: train one miniature model variant on an ImageFolder and save its weights."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+if "snakemake" in globals():  # make the library importable inside any rule environment
+    sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
+
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from unitablation.devices import describe_device, resolve_device  # noqa: E402
+from unitablation.images import ImageFolderSet, default_preprocess, stack_dataset  # noqa: E402
+from unitablation.logs import logged_to  # noqa: E402
+from unitablation.models import ModelSpec, build_model, save_checkpoint  # noqa: E402
+from unitablation.store import atomic_path  # noqa: E402
+from unitablation.training import TrainConfig, train_model  # noqa: E402
+
+
+def main(
+    images_dir: str,
+    weights_out: str,
+    history_out: str,
+    model_entry: Mapping[str, Any],
+    training: Mapping[str, Any],
+    seed: int,
+    device_name: str,
+    threads: int,
+) -> None:
+    """Train from a fixed seed; write the checkpoint and a per-epoch history CSV."""
+    torch.set_num_threads(threads)
+    device = resolve_device(device_name)
+    print(f"device: {describe_device(device)}", file=sys.stderr)
+    dataset = ImageFolderSet(images_dir, default_preprocess(model_entry["arch"],
+                                                            model_entry.get("preprocess")))
+    images, labels = stack_dataset(dataset)
+    spec = ModelSpec.from_config(model_entry, len(dataset.classes), images.shape[-1])
+    print(f"training {spec} on {len(dataset)} images, {len(dataset.classes)} classes",
+          file=sys.stderr)
+    torch.manual_seed(seed)
+    model = build_model(spec)
+
+    def report(record: dict[str, float]) -> None:
+        print(", ".join(f"{key}={value:.4g}" for key, value in record.items()), file=sys.stderr)
+
+    history = train_model(model, images, labels, TrainConfig.from_config(training, seed), device,
+                          on_epoch=report)
+    save_checkpoint(weights_out, model, dataset.classes)
+    with atomic_path(history_out) as temporary:
+        pd.DataFrame(history).to_csv(temporary, index=False, float_format="%.6g")
+
+
+if "snakemake" in globals():
+    with logged_to(snakemake.log[0]):  # noqa: F821
+        main(
+            snakemake.input.images,  # noqa: F821
+            snakemake.output.weights,  # noqa: F821
+            snakemake.output.history,  # noqa: F821
+            snakemake.params.model,  # noqa: F821
+            snakemake.params.training,  # noqa: F821
+            snakemake.params.seed,  # noqa: F821
+            snakemake.params.device,  # noqa: F821
+            snakemake.threads,  # noqa: F821
+        )

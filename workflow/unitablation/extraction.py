@@ -1,0 +1,175 @@
+"""One forward pass per (model, image set): layer outputs recorded by hooks, streamed to HDF5."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .store import STORE_FORMAT, atomic_path
+
+#: Target bytes per HDF5 chunk of a maps dataset (chunks hold whole images).
+CHUNK_BYTES = 1 << 20
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape the numbers, stored as provenance."""
+    import torchvision
+
+    return {
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "h5py": h5py.__version__,
+    }
+
+
+class LayerRecorder:
+    """Forward hooks that copy the outputs of named modules during one forward pass."""
+
+    def __init__(self, model: nn.Module, layers: Sequence[str]) -> None:
+        modules = dict(model.named_modules())
+        missing = [layer for layer in layers if layer not in modules or not layer]
+        if missing:
+            valid = ", ".join(name for name in modules if name)
+            raise ValueError(f"no layer(s) {missing} in model; valid module paths are: {valid}")
+        self.outputs: dict[str, torch.Tensor] = {}
+        self._handles = [
+            modules[layer].register_forward_hook(self._make_hook(layer)) for layer in layers
+        ]
+
+    def _make_hook(self, layer: str) -> Callable[..., None]:
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            if not isinstance(output, torch.Tensor):
+                raise TypeError(f"layer {layer} returns {type(output).__name__}, not a tensor")
+            # Clone: a later in-place op (e.g. ReLU(inplace=True)) must not alter the copy.
+            self.outputs[layer] = output.detach().float().clone()
+
+        return hook
+
+    def close(self) -> None:
+        """Remove the hooks."""
+        for handle in self._handles:
+            handle.remove()
+
+    def __enter__(self) -> LayerRecorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def as_maps(output: torch.Tensor, layer: str) -> torch.Tensor:
+    """View a layer output as (N, C, h, w); fully connected outputs become 1 x 1 maps."""
+    if output.dim() == 4:
+        return output
+    if output.dim() == 2:
+        return output[:, :, None, None]
+    raise ValueError(f"layer {layer} output has shape {tuple(output.shape)}; expected 2-D or 4-D")
+
+
+def _chunk_rows(per_image_bytes: int, total: int) -> int:
+    return int(max(1, min(total, CHUNK_BYTES // max(1, per_image_bytes))))
+
+
+@torch.no_grad()
+def extract_activations(
+    model: nn.Module,
+    layers: Sequence[str],
+    loader: DataLoader,
+    out_path: str | Path,
+    device: torch.device,
+    attrs: Mapping[str, Any],
+    paths: Sequence[str] | None = None,
+    store_maps: bool = True,
+    maps_dtype: str = "float32",
+    progress: Callable[[Any], Any] | None = None,
+) -> None:
+    """Run `model` once over `loader` and write labels, logits and per-layer maps/mean/max.
+
+    The file appears at `out_path` only when complete (written under a temporary name).
+    """
+    total = len(loader.dataset)
+    if total == 0:
+        raise ValueError("image set is empty")
+    model = model.to(device).eval()
+    batches = progress(loader) if progress else loader
+    with atomic_path(out_path) as temporary, h5py.File(temporary, "w") as store:
+        store.attrs.update({key: _attr_value(value) for key, value in attrs.items()})
+        store.attrs["format"] = STORE_FORMAT
+        store.attrs["layers"] = json.dumps(list(layers))
+        store.attrs["versions"] = json.dumps(library_versions(), sort_keys=True)
+        store.attrs["n_images"] = total
+        if paths is not None:
+            store.create_dataset("paths", data=np.array(list(paths), dtype=h5py.string_dtype()))
+        offset = 0
+        with LayerRecorder(model, layers) as recorder:
+            for images, labels in batches:
+                logits = model(images.to(device)).float().cpu()
+                count = len(images)
+                if offset == 0:
+                    _create_datasets(
+                        store, recorder.outputs, logits, layers, total, store_maps, maps_dtype
+                    )
+                store["labels"][offset : offset + count] = labels.numpy()
+                store["logits"][offset : offset + count] = logits.numpy()
+                for layer in layers:
+                    maps = as_maps(recorder.outputs[layer], layer).cpu()
+                    group = store["layers"][layer]
+                    group["mean"][offset : offset + count] = maps.mean(dim=(2, 3)).numpy()
+                    group["max"][offset : offset + count] = maps.amax(dim=(2, 3)).numpy()
+                    if store_maps:
+                        group["maps"][offset : offset + count] = maps.numpy().astype(maps_dtype)
+                offset += count
+        if offset != total:
+            raise RuntimeError(f"loader yielded {offset} images, dataset has {total}")
+
+
+def _attr_value(value: Any) -> Any:
+    return value if isinstance(value, (str, int, float, bool, np.generic)) else json.dumps(value)
+
+
+def _create_datasets(
+    store: h5py.File,
+    outputs: Mapping[str, torch.Tensor],
+    logits: torch.Tensor,
+    layers: Sequence[str],
+    total: int,
+    store_maps: bool,
+    maps_dtype: str,
+) -> None:
+    store.create_dataset("labels", shape=(total,), dtype="int64")
+    store.create_dataset(
+        "logits",
+        shape=(total, logits.shape[1]),
+        dtype="float32",
+        chunks=(_chunk_rows(4 * logits.shape[1], total), logits.shape[1]),
+    )
+    root = store.create_group("layers")
+    for layer in layers:
+        maps = as_maps(outputs[layer], layer)
+        channels, height, width = maps.shape[1:]
+        group = root.create_group(layer)
+        group.attrs["shape"] = (channels, height, width)
+        for name in ("mean", "max"):
+            group.create_dataset(
+                name,
+                shape=(total, channels),
+                dtype="float32",
+                chunks=(_chunk_rows(4 * channels, total), channels),
+            )
+        if store_maps:
+            per_image = np.dtype(maps_dtype).itemsize * channels * height * width
+            group.create_dataset(
+                "maps",
+                shape=(total, channels, height, width),
+                dtype=maps_dtype,
+                chunks=(_chunk_rows(per_image, total), channels, height, width),
+            )

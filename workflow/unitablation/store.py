@@ -1,0 +1,93 @@
+"""HDF5 activation store layout, atomic writing and streaming reads (no torch needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+#: Bump when the layout of the store changes; readers check it.
+STORE_FORMAT = 1
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling path that is renamed onto `path` only if the block succeeds."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    temporary = final.with_name(f".{final.name}.partial")
+    temporary.unlink(missing_ok=True)
+    try:
+        yield temporary
+        os.replace(temporary, final)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+class ActivationStore:
+    """Read access to an activation HDF5 file; arrays are read lazily or in batches."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self.file = h5py.File(self.path, "r")
+        except OSError as error:
+            raise ValueError(f"cannot open activation store {self.path}: {error}") from error
+        for name in ("labels", "logits", "layers"):
+            if name not in self.file:
+                self.file.close()
+                raise ValueError(f"activation store {self.path} has no dataset {name!r}")
+
+    def __enter__(self) -> ActivationStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the underlying file."""
+        self.file.close()
+
+    @property
+    def layers(self) -> list[str]:
+        """Layer names stored, in config order."""
+        return json.loads(self.file.attrs["layers"])
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names, index order."""
+        return json.loads(self.file.attrs["classes"])
+
+    def __len__(self) -> int:
+        return int(self.file["labels"].shape[0])
+
+    def labels(self) -> np.ndarray:
+        """True class index per image (-1 where an image set has no classes)."""
+        return self.file["labels"][:]
+
+    def logits(self) -> np.ndarray:
+        """Network output (N, K) as float32."""
+        return self.file["logits"][:]
+
+    def layer(self, name: str) -> h5py.Group:
+        """The HDF5 group of one layer, with datasets mean, max and (if stored) maps."""
+        if name not in self.file["layers"]:
+            raise ValueError(
+                f"activation store {self.path} has no layer {name!r}; "
+                f"it holds {', '.join(self.layers)}"
+            )
+        return self.file["layers"][name]
+
+    def iter_maps(self, name: str, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield (offset, maps as float32) batches of one layer without loading them all."""
+        group = self.layer(name)
+        if "maps" not in group:
+            raise ValueError(f"activation store {self.path} holds no maps for layer {name!r}")
+        maps = group["maps"]
+        for start in range(0, maps.shape[0], batch_size):
+            yield start, maps[start : start + batch_size].astype(np.float32)
