@@ -50,7 +50,9 @@ def test_env_files_agree_with_pip_pins() -> None:
                 continue
             pip_name = CONDA_TO_PIP.get(name, name)
             assert pip_name in pins, f"{path}: {name} is not a pip dependency"
-            assert version == pins[pip_name], f"{path}: {name}={version} but pip pins {pins[pip_name]}"
+            assert version == pins[pip_name], (
+                f"{path}: {name}={version} but pip pins {pins[pip_name]}"
+            )
 
 
 def test_every_rule_names_an_existing_env() -> None:

@@ -1,4 +1,4 @@
-"""Activation extraction equals a direct forward pass; the HDF5 store reads back what was written."""
+"""Activation extraction equals a direct forward pass; the store reads back what was written."""
 
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ def run_extraction(model, layers, images, labels, path, batch_size=3, **kwargs):
 
 def test_tinyalex_extraction_equals_direct_forward(tmp_path) -> None:
     torch.manual_seed(0)
-    model = build_model(ModelSpec(TINY_ARCH, 4, batchnorm=True, widths=(4, 6, 8, 8, 5), hidden=8,
-                                  image_size=32)).eval()
+    model = build_model(
+        ModelSpec(TINY_ARCH, 4, batchnorm=True, widths=(4, 6, 8, 8, 5), hidden=8, image_size=32)
+    ).eval()
     # Give batch norm non-trivial running statistics so eval mode matters.
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
@@ -30,8 +31,14 @@ def test_tinyalex_extraction_equals_direct_forward(tmp_path) -> None:
             module.running_var.uniform_(0.5, 2.0)
     images, labels = torch.randn(10, 3, 32, 32), torch.arange(10) % 4
     path = tmp_path / "eval.h5"
-    run_extraction(model, ["features.relu3", "features.relu5", "classifier.fc6"], images, labels,
-                   path, paths=[f"img{k}.png" for k in range(10)])
+    run_extraction(
+        model,
+        ["features.relu3", "features.relu5", "classifier.fc6"],
+        images,
+        labels,
+        path,
+        paths=[f"img{k}.png" for k in range(10)],
+    )
     names = list(model.features._modules)
     with torch.no_grad():
         relu3 = model.features[: names.index("relu3") + 1](images)
@@ -39,8 +46,11 @@ def test_tinyalex_extraction_equals_direct_forward(tmp_path) -> None:
         fc6 = model.classifier[:3](model.features(images))
         logits = model(images)
     with ActivationStore(path) as store:
-        assert len(store) == 10 and store.layers == ["features.relu3", "features.relu5",
-                                                     "classifier.fc6"]
+        assert len(store) == 10 and store.layers == [
+            "features.relu3",
+            "features.relu5",
+            "classifier.fc6",
+        ]
         np.testing.assert_array_equal(store.labels(), labels.numpy())
         np.testing.assert_allclose(store.logits(), logits.numpy(), rtol=0, atol=1e-6)
         for layer, direct in (("features.relu3", relu3), ("features.relu5", relu5)):
@@ -53,8 +63,9 @@ def test_tinyalex_extraction_equals_direct_forward(tmp_path) -> None:
         np.testing.assert_allclose(fc["mean"][:], fc6.numpy(), atol=1e-6)
         batches = list(store.iter_maps("features.relu5", 4))
         assert [offset for offset, _ in batches] == [0, 4, 8]
-        np.testing.assert_array_equal(np.concatenate([b for _, b in batches]),
-                                      store.layer("features.relu5")["maps"][:])
+        np.testing.assert_array_equal(
+            np.concatenate([b for _, b in batches]), store.layer("features.relu5")["maps"][:]
+        )
         assert store.file["paths"][3].decode() == "img3.png"
         assert store.file.attrs["format"] == 1 and "torch" in store.file.attrs["versions"]
 
@@ -90,8 +101,14 @@ def test_failure_leaves_no_store(tmp_path) -> None:
     model = build_model(ModelSpec(TINY_ARCH, 2, widths=(2, 2, 2, 2, 2), hidden=4, image_size=32))
     path = tmp_path / "eval.h5"
     with pytest.raises(ValueError, match="broken.png"):
-        extract_activations(model, ["features.relu5"], DataLoader(FailingSet(), batch_size=2), path,
-                            torch.device("cpu"), {"classes": ["a", "b"]})
+        extract_activations(
+            model,
+            ["features.relu5"],
+            DataLoader(FailingSet(), batch_size=2),
+            path,
+            torch.device("cpu"),
+            {"classes": ["a", "b"]},
+        )
     assert list(tmp_path.iterdir()) == []
 
 

@@ -27,8 +27,15 @@ VARIANTS = {
 
 
 def tiny_spec(batchnorm: bool = False, dropout: float = 0.0) -> ModelSpec:
-    return ModelSpec(TINY_ARCH, num_classes=5, batchnorm=batchnorm, dropout=dropout,
-                     widths=(4, 6, 8, 8, 8), hidden=16, image_size=32)
+    return ModelSpec(
+        TINY_ARCH,
+        num_classes=5,
+        batchnorm=batchnorm,
+        dropout=dropout,
+        widths=(4, 6, 8, 8, 8),
+        hidden=16,
+        image_size=32,
+    )
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -41,9 +48,13 @@ def test_variant_builds_and_trains_a_step(variant: str) -> None:
     assert has_bn == batchnorm and has_dropout == (dropout > 0)
     images, labels = torch.randn(8, 3, 32, 32), torch.arange(8) % 5
     before = {key: value.clone() for key, value in model.state_dict().items()}
-    history = train_model(model, images, labels, TrainConfig(epochs=1, batch_size=8), torch.device("cpu"))
+    history = train_model(
+        model, images, labels, TrainConfig(epochs=1, batch_size=8), torch.device("cpu")
+    )
     assert len(history) == 1 and history[0]["train_loss"] > 0
-    changed = [key for key, value in model.state_dict().items() if not torch.equal(value, before[key])]
+    changed = [
+        key for key, value in model.state_dict().items() if not torch.equal(value, before[key])
+    ]
     assert "features.conv1.weight" in changed and "classifier.fc7.weight" in changed
     assert model(images).shape == (8, 5)
 
@@ -62,7 +73,9 @@ def test_training_is_deterministic() -> None:
     for _ in range(2):
         torch.manual_seed(3)
         model = build_model(tiny_spec(True, 0.5))
-        train_model(model, images, labels, TrainConfig(epochs=2, batch_size=4, seed=3), torch.device("cpu"))
+        train_model(
+            model, images, labels, TrainConfig(epochs=2, batch_size=4, seed=3), torch.device("cpu")
+        )
         weights.append(model.state_dict())
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
 
@@ -81,8 +94,9 @@ def test_wrong_layer_lists_valid_names() -> None:
     check_layers(tiny_spec(), ["features.relu5", "classifier.fc6"], "plain")
 
 
-@pytest.mark.parametrize("arch,layer", [("alexnet", "features.11"), ("resnet18", "layer4"),
-                                        ("vgg16", "features.29")])
+@pytest.mark.parametrize(
+    "arch,layer", [("alexnet", "features.11"), ("resnet18", "layer4"), ("vgg16", "features.29")]
+)
 def test_torchvision_layers_are_checked_without_allocating(arch: str, layer: str) -> None:
     spec = ModelSpec(arch, num_classes=1000)
     check_layers(spec, [layer], arch)

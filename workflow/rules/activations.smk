@@ -7,11 +7,6 @@ rule extract_activations:
         weights=model_weights,
     output:
         store="results/{model}/activations/{split}.h5",
-    params:
-        model=model_spec_params,
-        layers=layers_of,
-        activations=config["activations"],
-        device=config["device"],
     log:
         "results/logs/extract_activations/{model}_{split}.log",
     conda:
@@ -19,6 +14,11 @@ rule extract_activations:
     threads: config["activations"]["threads"]
     resources:
         gpu=gpu_count,
+    params:
+        model=model_spec_params,
+        layers=layers_of,
+        activations=config["activations"],
+        device=config["device"],
     script:
         script_file("extract_activations.py")
 

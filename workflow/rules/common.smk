@@ -57,16 +57,20 @@ def check_config_layers():
     try:
         from unitablation.models import ModelSpec, check_layers
     except ImportError as error:  # e.g. a Snakemake-only env with --sdm conda
-        warnings.warn(f"cannot import the library to check layer names now ({error}); "
-                      "extraction jobs will check them")
+        warnings.warn(
+            f"cannot import the library to check layer names now ({error}); "
+            "extraction jobs will check them"
+        )
         return
     for name in model_names():
-        spec = ModelSpec.from_config(model_entry(name), num_classes=2,
-                                     image_size=config["world"]["image_size"])
+        spec = ModelSpec.from_config(
+            model_entry(name), num_classes=2, image_size=config["world"]["image_size"]
+        )
+        key = f"models.{name}.layers" if model_entry(name).get("layers") else "layers"
         try:
             check_layers(spec, model_layers(name), name)
         except ValueError as error:
-            raise ValueError(f"config error in models.{name}.layers: {error}") from None
+            raise ValueError(f"config error in {key}: {error}") from None
 
 
 check_config_layers()
@@ -74,14 +78,14 @@ check_config_layers()
 
 def train_images(wildcards):
     """ImageFolder root a trained model learns from."""
-    return model_entry(wildcards.model).get("train_images", f"{WORLD_DIR}/images/train")
+    return model_entry(wildcards.model).get("train_images", f"{WORLD_DIR}/train")
 
 
 def split_source(wildcards):
     """The image set of one split: ImageFolder val root (eval) or Broden directory (concept)."""
     entry = model_entry(wildcards.model)
     if wildcards.split == "eval":
-        return entry.get("eval_images", f"{WORLD_DIR}/images/val")
+        return entry.get("eval_images", f"{WORLD_DIR}/val")
     return entry.get("concept_set", f"{WORLD_DIR}/broden")
 
 

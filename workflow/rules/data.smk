@@ -3,15 +3,16 @@
 
 rule generate_world:
     output:
-        images=directory(f"{WORLD_DIR}/images"),
+        train=directory(f"{WORLD_DIR}/train"),
+        val=directory(f"{WORLD_DIR}/val"),
         broden=directory(f"{WORLD_DIR}/broden"),
-    params:
-        world=config["world"],
-        seed=config["seed"],
     log:
         "results/logs/generate_world.log",
     conda:
         env_file("world")
     threads: 1
+    params:
+        world=config["world"],
+        seed=config["seed"],
     script:
         script_file("generate_world.py")

@@ -7,11 +7,6 @@ rule train_model:
     output:
         weights="results/{model}/model.pt",
         history="results/{model}/training.csv",
-    params:
-        model=model_spec_params,
-        training=config["training"],
-        seed=config["seed"],
-        device=config["device"],
     log:
         "results/logs/train_model/{model}.log",
     conda:
@@ -19,5 +14,10 @@ rule train_model:
     threads: config["training"]["threads"]
     resources:
         gpu=gpu_count,
+    params:
+        model=model_spec_params,
+        training=config["training"],
+        seed=config["seed"],
+        device=config["device"],
     script:
         script_file("train_model.py")

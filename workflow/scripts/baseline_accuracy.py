@@ -1,7 +1,5 @@
 """Rule adapter: per-class and overall baseline accuracy from a model's eval activation store."""
 
-from __future__ import annotations
-
 import sys
 from pathlib import Path
 
@@ -18,8 +16,7 @@ def main(store_path: str, table_out: str) -> None:
     with ActivationStore(store_path) as store:
         table = class_accuracy_table(store.labels(), store.logits(), store.classes)
     overall = table.iloc[-1]
-    print(f"overall accuracy {overall.accuracy:.2f}% on {overall.n_images} images",
-          file=sys.stderr)
+    print(f"overall accuracy {overall.accuracy:.2f}% on {overall.n_images} images", file=sys.stderr)
     with atomic_path(table_out) as temporary:
         table.to_csv(temporary, index=False, float_format="%.4f")
 

@@ -1,7 +1,5 @@
 """Rule adapter: one forward pass of a model over an image set, layer outputs to HDF5."""
 
-from __future__ import annotations
-
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -65,8 +63,7 @@ def main(
     spec = ModelSpec.from_config(entry, len(classes), int(model_entry.get("image_size", 224)))
     check_layers(spec, layers, model_name)
     model = load_model(spec, checkpoint, device, weights)
-    loader = DataLoader(dataset, batch_size=activations["batch_size"], shuffle=False,
-                        num_workers=0)
+    loader = DataLoader(dataset, batch_size=activations["batch_size"], shuffle=False, num_workers=0)
     attrs = {
         "model": model_name,
         "arch": spec.arch,
@@ -77,7 +74,13 @@ def main(
         "classes": list(classes),
     }
     extract_activations(
-        model, layers, loader, store_out, device, attrs, paths=paths,
+        model,
+        layers,
+        loader,
+        store_out,
+        device,
+        attrs,
+        paths=paths,
         maps_dtype=activations["maps_dtype"],
         progress=lambda batches: tqdm(batches, **progress_options(f"{model_name} {split}")),
     )

@@ -1,7 +1,7 @@
 """Rule adapter: render the embedded image world as an ImageFolder and a Broden concept set."""
 
-from __future__ import annotations
-
+import os
+import shutil
 import sys
 import time
 from collections.abc import Mapping
@@ -16,20 +16,27 @@ from unitablation.world import WorldSpec  # noqa: E402
 from unitablation.world_export import write_concept_set, write_image_folder  # noqa: E402
 
 
-def main(images_out: str, broden_out: str, world: Mapping[str, Any], seed: int) -> None:
-    """Validate the world's sizes, then write both directories (each appears only when whole)."""
+def main(
+    train_out: str, val_out: str, broden_out: str, world: Mapping[str, Any], seed: int
+) -> None:
+    """Validate the world's sizes, then write the three directories (each appears only whole)."""
     spec = WorldSpec(**world, seed=seed)
     spec.validate()
     started = time.perf_counter()
-    write_image_folder(images_out, spec)
-    write_concept_set(broden_out, spec)
+    staging = Path(train_out).parent / ".imagefolder"
+    write_image_folder(staging, spec, progress=True)
+    for split, final in (("train", train_out), ("val", val_out)):
+        os.replace(staging / split, final)
+    shutil.rmtree(staging)
+    write_concept_set(broden_out, spec, progress=True)
     print(f"world written in {time.perf_counter() - started:.1f} s: {spec}", file=sys.stderr)
 
 
 if "snakemake" in globals():
     with logged_to(snakemake.log[0]):  # noqa: F821
         main(
-            snakemake.output.images,  # noqa: F821
+            snakemake.output.train,  # noqa: F821
+            snakemake.output.val,  # noqa: F821
             snakemake.output.broden,  # noqa: F821
             snakemake.params.world,  # noqa: F821
             snakemake.params.seed,  # noqa: F821

@@ -1,7 +1,5 @@
 """Rule adapter: train one miniature model variant on an ImageFolder and save its weights."""
 
-from __future__ import annotations
-
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,20 +33,23 @@ def main(
     torch.set_num_threads(threads)
     device = resolve_device(device_name)
     print(f"device: {describe_device(device)}", file=sys.stderr)
-    dataset = ImageFolderSet(images_dir, default_preprocess(model_entry["arch"],
-                                                            model_entry.get("preprocess")))
+    dataset = ImageFolderSet(
+        images_dir, default_preprocess(model_entry["arch"], model_entry.get("preprocess"))
+    )
     images, labels = stack_dataset(dataset)
     spec = ModelSpec.from_config(model_entry, len(dataset.classes), images.shape[-1])
-    print(f"training {spec} on {len(dataset)} images, {len(dataset.classes)} classes",
-          file=sys.stderr)
+    print(
+        f"training {spec} on {len(dataset)} images, {len(dataset.classes)} classes", file=sys.stderr
+    )
     torch.manual_seed(seed)
     model = build_model(spec)
 
     def report(record: dict[str, float]) -> None:
         print(", ".join(f"{key}={value:.4g}" for key, value in record.items()), file=sys.stderr)
 
-    history = train_model(model, images, labels, TrainConfig.from_config(training, seed), device,
-                          on_epoch=report)
+    history = train_model(
+        model, images, labels, TrainConfig.from_config(training, seed), device, on_epoch=report
+    )
     save_checkpoint(weights_out, model, dataset.classes)
     with atomic_path(history_out) as temporary:
         pd.DataFrame(history).to_csv(temporary, index=False, float_format="%.6g")

@@ -105,6 +105,19 @@ class TinyAlex(nn.Module):
             )
         )
 
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """He initialisation for convs, small normal for linear layers (as torchvision's VGG)."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, 0.0, 0.01)
+                nn.init.zeros_(module.bias)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Map a batch of normalised images to class logits."""
         return self.classifier(self.features(images))

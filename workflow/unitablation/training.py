@@ -15,9 +15,9 @@ from torch import nn
 class TrainConfig:
     """The schedule: SGD with momentum, linear warm-up then cosine decay, optional flips."""
 
-    epochs: int = 12
+    epochs: int = 20
     batch_size: int = 64
-    lr: float = 0.05
+    lr: float = 0.02
     momentum: float = 0.9
     weight_decay: float = 5e-4
     warmup_epochs: float = 1.0

@@ -1,0 +1,1 @@
+"""Unit ablation study library: image world, models, training, extraction and analysis."""
