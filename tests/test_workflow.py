@@ -137,3 +137,36 @@ def test_schema_rejects_bad_values_before_any_job(tmp_path: Path) -> None:
 def test_lint_is_clean(tmp_path: Path) -> None:
     result = snakemake(tmp_path, "--lint", config=ROOT / "config.yaml")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_torchvision_model_from_local_weights(tmp_path: Path) -> None:
+    """A torchvision architecture with a local checkpoint runs through the same rules."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    weights = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), weights)
+    config = yaml.safe_load(TINY.read_text())
+    config["models"] = {
+        "resnet": {
+            "arch": "resnet18",
+            "weights": str(weights),
+            "num_classes": 3,
+            "eval_images": "results/world/val",
+            "concept_set": "results/world/broden",
+            "layers": ["layer3", "layer4"],
+            "preprocess": {"resize": None, "crop": None},
+        }
+    }
+    path = tmp_path / "resnet.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "--cores", "2", config=path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert not (tmp_path / "results" / "resnet" / "model.pt").exists()  # nothing trained
+    with ActivationStore(tmp_path / "results/resnet/activations/eval.h5") as store:
+        assert store.layer("layer4")["maps"].shape == (12, 512, 1, 1)
+        assert store.layer("layer3")["maps"].shape == (12, 256, 2, 2)
+        assert store.file.attrs["arch"] == "resnet18"
+    baseline = pd.read_csv(tmp_path / "results/resnet/baseline.csv")
+    assert baseline["n_images"].iloc[-1] == 12

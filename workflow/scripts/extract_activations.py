@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from unitablation.broden import read_broden  # noqa: E402
-from unitablation.devices import describe_device, resolve_device  # noqa: E402
+from unitablation.devices import describe_device, resolve_device, use_full_float32  # noqa: E402
 from unitablation.extraction import extract_activations  # noqa: E402
 from unitablation.images import FileListSet, ImageFolderSet, default_preprocess  # noqa: E402
 from unitablation.logs import logged_to, progress_options  # noqa: E402
@@ -41,6 +41,7 @@ def main(
     """Build the model from its checkpoint, run it once over the split, write the store."""
     torch.set_num_threads(threads)
     device = resolve_device(device_name)
+    use_full_float32()
     print(f"device: {describe_device(device)}", file=sys.stderr)
     checkpoint = read_checkpoint(weights)
     preprocess = default_preprocess(model_entry["arch"], model_entry.get("preprocess"))

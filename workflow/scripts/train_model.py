@@ -11,7 +11,7 @@ if "snakemake" in globals():  # make the library importable inside any rule envi
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from unitablation.devices import describe_device, resolve_device  # noqa: E402
+from unitablation.devices import describe_device, resolve_device, use_full_float32  # noqa: E402
 from unitablation.images import ImageFolderSet, default_preprocess, stack_dataset  # noqa: E402
 from unitablation.logs import logged_to  # noqa: E402
 from unitablation.models import ModelSpec, build_model, save_checkpoint  # noqa: E402
@@ -32,6 +32,7 @@ def main(
     """Train from a fixed seed; write the checkpoint and a per-epoch history CSV."""
     torch.set_num_threads(threads)
     device = resolve_device(device_name)
+    use_full_float32()
     print(f"device: {describe_device(device)}", file=sys.stderr)
     dataset = ImageFolderSet(
         images_dir, default_preprocess(model_entry["arch"], model_entry.get("preprocess"))

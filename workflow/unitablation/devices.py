@@ -26,3 +26,13 @@ def describe_device(device: torch.device) -> str:
         index = device.index if device.index is not None else torch.cuda.current_device()
         return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def use_full_float32() -> None:
+    """Turn off TF32 in cuDNN convolutions and CUDA matmuls so GPU maps match the CPU's to ~1e-6.
+
+    PyTorch enables TF32 for convolutions by default on Ampere and later, which perturbs stored
+    activations in the third decimal; unit-level measurements need full float32.
+    """
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
