@@ -1,5 +1,7 @@
 # Helpers only: config validation, paths, per-rule params. No rules here.
 
+import functools
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -15,6 +17,8 @@ validate(config, "../schemas/config.schema.yaml")
 WORLD_DIR = "results/world"
 TRAINED_ARCH = "tinyalex"
 SPLITS = ("eval", "concept")
+BASES = ("unit",)
+SHARD_KEYS = ("mode", "method", "units_per_call", "batch_size", "tie_margin")
 
 
 def env_file(name):
@@ -110,15 +114,75 @@ def gpu_count(wildcards):
     return 1 if config["device"].startswith("cuda") else 0
 
 
+@functools.cache
+def units_per_layer(name):
+    """Units of every studied layer of a model, known from config alone (meta-device pass)."""
+    from unitablation.models import ModelSpec, input_size, layer_channels
+
+    entry = model_entry(name)
+    spec = ModelSpec.from_config(
+        entry, num_classes=2, image_size=config["world"]["image_size"]
+    )
+    side = input_size(spec, (entry.get("preprocess") or {}).get("crop"))
+    return layer_channels(spec, model_layers(name), side)
+
+
+def shard_count(model, layer):
+    """Shards of a layer: units split into runs of `ablation.shard_size`."""
+    return -(-units_per_layer(model)[layer] // config["ablation"]["shard_size"])
+
+
+def shard_files(wildcards):
+    """Every shard file of one (model, layer, basis)."""
+    return [
+        f"results/{wildcards.model}/{wildcards.layer}/{wildcards.basis}/shards/{index:04d}.h5"
+        for index in range(shard_count(wildcards.model, wildcards.layer))
+    ]
+
+
+def shard_units(wildcards):
+    """Unit indices of one shard."""
+    size = config["ablation"]["shard_size"]
+    total = units_per_layer(wildcards.model)[wildcards.layer]
+    start = int(wildcards.shard) * size
+    return list(range(start, min(start + size, total)))
+
+
+def shard_settings(wildcards):
+    """The ablation keys a shard job reads (not the merge-only ones)."""
+    return {key: config["ablation"][key] for key in SHARD_KEYS}
+
+
+def eval_images(wildcards):
+    """ImageFolder root of a model's eval split (read only by the hook fallback)."""
+    return model_entry(wildcards.model).get("eval_images", f"{WORLD_DIR}/val")
+
+
+def drop_outputs(name):
+    """Merged ablation tables of every layer and basis of one model."""
+    return [
+        f"results/{name}/{layer}/{basis}/{table}"
+        for layer in model_layers(name)
+        for basis in BASES
+        for table in ("drops.csv", "class_drops.csv")
+    ]
+
+
 def all_outputs():
-    """Final targets of this stage of the pipeline."""
+    """Final targets of the pipeline so far."""
     outputs = []
     for name in model_names():
         outputs.append(f"results/{name}/baseline.csv")
         outputs.extend(f"results/{name}/activations/{split}.h5" for split in SPLITS)
+        outputs.extend(drop_outputs(name))
     return outputs
 
 
 wildcard_constraints:
-    model="|".join(model_names()),
+    model="|".join(map(re.escape, model_names())),
     split="|".join(SPLITS),
+    layer="|".join(
+        sorted({re.escape(l) for m in model_names() for l in model_layers(m)})
+    ),
+    basis="|".join(BASES),
+    shard=r"\d{4}",

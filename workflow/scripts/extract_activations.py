@@ -17,13 +17,7 @@ from unitablation.devices import describe_device, resolve_device, use_full_float
 from unitablation.extraction import extract_activations  # noqa: E402
 from unitablation.images import FileListSet, ImageFolderSet, default_preprocess  # noqa: E402
 from unitablation.logs import logged_to, progress_options  # noqa: E402
-from unitablation.models import (  # noqa: E402
-    ModelSpec,
-    check_layers,
-    file_sha256,
-    load_model,
-    read_checkpoint,
-)
+from unitablation.models import check_layers, file_sha256, load_configured_model  # noqa: E402
 
 
 def main(
@@ -43,27 +37,24 @@ def main(
     device = resolve_device(device_name)
     use_full_float32()
     print(f"device: {describe_device(device)}", file=sys.stderr)
-    checkpoint = read_checkpoint(weights)
     preprocess = default_preprocess(model_entry["arch"], model_entry.get("preprocess"))
     if split == "eval":
         dataset = ImageFolderSet(source, preprocess)
         paths = dataset.relative_paths()
-        if checkpoint.classes is not None and checkpoint.classes != dataset.classes:
-            raise ValueError(
-                f"eval image folder {source} has classes {dataset.classes[:5]}... but checkpoint "
-                f"{weights} was trained on {checkpoint.classes[:5]}..."
-            )
-        classes = checkpoint.classes or dataset.classes
+        hint = dataset.classes
     else:
         broden = read_broden(source)
         paths = [record.image for record in broden.records]
         files = [Path(source) / "images" / path for path in paths]
         dataset = FileListSet(files, [-1] * len(files), preprocess)
-        classes = checkpoint.classes or [str(index) for index in range(checkpoint.num_classes())]
-    entry = {**model_entry, "num_classes": model_entry.get("num_classes") or len(classes)}
-    spec = ModelSpec.from_config(entry, len(classes), int(model_entry.get("image_size", 224)))
+        hint = None
+    model, spec, classes = load_configured_model(model_entry, weights, device, hint)
+    if split == "eval" and classes != dataset.classes:
+        raise ValueError(
+            f"eval image folder {source} has classes {dataset.classes[:5]}... but checkpoint "
+            f"{weights} was trained on {classes[:5]}..."
+        )
     check_layers(spec, layers, model_name)
-    model = load_model(spec, checkpoint, device, weights)
     loader = DataLoader(dataset, batch_size=activations["batch_size"], shuffle=False, num_workers=0)
     attrs = {
         "model": model_name,

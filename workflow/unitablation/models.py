@@ -164,6 +164,31 @@ def check_layers(spec: ModelSpec, layers: Sequence[str], model_name: str) -> Non
         raise ValueError(f"model {model_name!r}: layers listed twice in {list(layers)}")
 
 
+def input_size(spec: ModelSpec, crop: int | None = None) -> int:
+    """Side of the square network input: the world's image size, else the crop (224 default)."""
+    return spec.image_size if spec.arch == TINY_ARCH else int(crop or 224)
+
+
+def layer_channels(spec: ModelSpec, layers: Sequence[str], side: int) -> dict[str, int]:
+    """Output channels (units) of each layer, from a forward pass on the meta device (no memory)."""
+    with torch.device("meta"):
+        model = build_model(spec).eval()
+        modules = dict(model.named_modules())
+        channels: dict[str, int] = {}
+        handles = [
+            modules[layer].register_forward_hook(
+                lambda _m, _i, output, layer=layer: channels.__setitem__(layer, output.shape[1])
+            )
+            for layer in layers
+        ]
+        try:
+            model(torch.empty(1, 3, side, side))
+        finally:
+            for handle in handles:
+                handle.remove()
+    return channels
+
+
 def file_sha256(path: str | Path) -> str:
     """Hex sha256 of a file, streamed, for provenance and checksum checks."""
     digest = hashlib.sha256()
@@ -229,3 +254,21 @@ def load_model(
     except RuntimeError as error:
         raise ValueError(f"checkpoint {source} does not fit {spec.arch}: {error}") from error
     return model.to(device).eval()
+
+
+def load_configured_model(
+    entry: Mapping[str, Any],
+    weights: str | Path,
+    device: torch.device,
+    classes_hint: Sequence[str] | None = None,
+) -> tuple[nn.Module, ModelSpec, list[str]]:
+    """Model, spec and class names from a `models.<name>` config entry and its checkpoint.
+
+    Class names come from the checkpoint when it records them, else `classes_hint` (the eval
+    folder's classes), else "0".."K-1" from the width of the classifier.
+    """
+    checkpoint = read_checkpoint(weights)
+    classes = list(checkpoint.classes or classes_hint or map(str, range(checkpoint.num_classes())))
+    entry = {**entry, "num_classes": entry.get("num_classes") or len(classes)}
+    spec = ModelSpec.from_config(entry, len(classes), int(entry.get("image_size") or 224))
+    return load_model(spec, checkpoint, device, weights), spec, classes

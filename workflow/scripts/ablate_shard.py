@@ -1,0 +1,113 @@
+"""Rule adapter: ablate one shard of units of one layer over the whole eval split."""
+
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+if "snakemake" in globals():  # make the library importable inside any rule environment
+    sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from unitablation.ablation import AblationEngine  # noqa: E402
+from unitablation.devices import use_full_float32  # noqa: E402
+from unitablation.images import ImageFolderSet, default_preprocess  # noqa: E402
+from unitablation.lease import gpu_lease  # noqa: E402
+from unitablation.logs import logged_to, progress_options  # noqa: E402
+from unitablation.models import load_configured_model  # noqa: E402
+from unitablation.shard_store import save_counts  # noqa: E402
+from unitablation.store import ActivationStore  # noqa: E402
+
+
+def stored_batches(store: ActivationStore, layer: str, labels: np.ndarray, batch_size: int):
+    """Yield (maps, labels) tensors streamed from the activation store."""
+    for offset, maps in store.iter_maps(layer, batch_size):
+        yield torch.from_numpy(maps), torch.from_numpy(labels[offset : offset + len(maps)])
+
+
+def main(
+    store_path: str,
+    weights: str,
+    images_dir: str,
+    shard_out: str,
+    model_name: str,
+    layer: str,
+    basis: str,
+    units: Sequence[int],
+    model_entry: Mapping[str, Any],
+    ablation: Mapping[str, Any],
+    device_name: str,
+    threads: int,
+) -> None:
+    """Run the engine on the shard's units and save the per-class counts."""
+    if basis != "unit":
+        raise ValueError(f"basis {basis!r} is not supported yet (only 'unit')")
+    torch.set_num_threads(threads)
+    use_full_float32()
+    with gpu_lease(device_name) as lease, ActivationStore(store_path) as store:
+        print(f"device: {lease.description}", file=sys.stderr)
+        model, _, classes = load_configured_model(model_entry, weights, lease.device, store.classes)
+        labels = store.labels()
+        replacement = None
+        if ablation["mode"] == "mean":
+            replacement = torch.from_numpy(store.layer(layer)["mean"][:].mean(axis=0))
+        engine = AblationEngine(
+            model,
+            layer,
+            lease.device,
+            replacement=replacement,
+            method=ablation["method"],
+            units_per_call=ablation["units_per_call"],
+            tie_margin=ablation["tie_margin"],
+        )
+        print(
+            f"{model_name} {layer} units {units[0]}..{units[-1]} ({len(units)}), "
+            f"{len(labels)} images, mode {ablation['mode']}: {engine.describe()}",
+            file=sys.stderr,
+        )
+        if engine.needs_images:
+            preprocess = default_preprocess(model_entry["arch"], model_entry.get("preprocess"))
+            batches = DataLoader(
+                ImageFolderSet(images_dir, preprocess), batch_size=ablation["batch_size"]
+            )
+        else:
+            batches = stored_batches(store, layer, labels, ablation["batch_size"])
+        total = -(-len(labels) // ablation["batch_size"])
+        counts = engine.run(
+            batches,
+            units,
+            len(classes),
+            progress=lambda items: tqdm(items, total=total, **progress_options("image batches")),
+        )
+    print(
+        f"near ties (top-2 logits closer than {ablation['tie_margin']}): "
+        f"{int(counts.near_ties.sum())}",
+        file=sys.stderr,
+    )
+    save_counts(
+        shard_out,
+        counts,
+        {"model": model_name, "layer": layer, "basis": basis, "mode": ablation["mode"]},
+    )
+
+
+if "snakemake" in globals():
+    with logged_to(snakemake.log[0]):  # noqa: F821
+        main(
+            snakemake.input.store,  # noqa: F821
+            snakemake.input.weights,  # noqa: F821
+            snakemake.input.images,  # noqa: F821
+            snakemake.output.shard,  # noqa: F821
+            snakemake.wildcards.model,  # noqa: F821
+            snakemake.wildcards.layer,  # noqa: F821
+            snakemake.wildcards.basis,  # noqa: F821
+            snakemake.params.units,  # noqa: F821
+            snakemake.params.model,  # noqa: F821
+            snakemake.params.ablation,  # noqa: F821
+            snakemake.params.device,  # noqa: F821
+            snakemake.threads,  # noqa: F821
+        )

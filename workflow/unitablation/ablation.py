@@ -1,0 +1,324 @@
+"""The ablation engine: every unit of a layer removed in turn, over a whole eval set, exactly.
+
+Three ways to get the logits with unit u ablated, fastest first, all exact up to float rounding:
+
+- `linear` (shortcut): when only element/channel-wise ops stand between the layer and the first
+  Linear or Conv2d op L, ablating u changes L's output by u's own contribution. All units'
+  contributions cost one pass of L (a grouped convolution or one einsum); the rest of the network
+  (the tail) is replayed from L's output. With no tail (a linear head such as avgpool + fc) the
+  ablated logits are exact in closed form.
+- `suffix`: replay the network after the layer (split with torch.fx) on the stored layer output
+  with the unit's channel replaced, many (unit, image) pairs per call.
+- `hook`: models fx cannot cut: a full forward of the images with a hook that replaces the
+  channel (slow, exact, needs the images rather than stored maps).
+
+The replacement is zero (SCIENCE.md) or, in `mean` mode, each unit's mean activation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .suffix import Head, NotACutPoint, analyse_head, split_suffix
+
+METHODS = ("auto", "linear", "suffix", "hook")
+
+
+@dataclass
+class AblationCounts:
+    """Per unit and class, what the network still gets right with that unit ablated."""
+
+    units: np.ndarray  # (U,) unit indices
+    correct: np.ndarray  # (U, K) images of class k predicted k with the unit ablated
+    prob_sum: np.ndarray  # (U, K) sum over class-k images of the true-class probability
+    near_ties: np.ndarray  # (U,) (unit, image) pairs whose top-2 logits differ by < tie_margin
+    baseline_correct: np.ndarray  # (K,) the same count without ablation, through the same path
+    baseline_prob_sum: np.ndarray  # (K,)
+    class_sizes: np.ndarray  # (K,) images per class
+    method: str
+
+    def merge(self, other: AblationCounts) -> AblationCounts:
+        """Stack the counts of two disjoint unit sets evaluated on the same images."""
+        if not np.array_equal(self.class_sizes, other.class_sizes):
+            raise ValueError("counts come from different image sets")
+        return AblationCounts(
+            units=np.concatenate([self.units, other.units]),
+            correct=np.concatenate([self.correct, other.correct]),
+            prob_sum=np.concatenate([self.prob_sum, other.prob_sum]),
+            near_ties=np.concatenate([self.near_ties, other.near_ties]),
+            baseline_correct=self.baseline_correct,
+            baseline_prob_sum=self.baseline_prob_sum,
+            class_sizes=self.class_sizes,
+            method=self.method,
+        )
+
+
+def channel_contributions(head: Head, features: torch.Tensor, channels: int) -> torch.Tensor:
+    """Each input channel's share of the linear op's output (bias excluded).
+
+    features: the `pre` output, (B, C, h, w) for a conv op or (B, C*s) for a linear op.
+    Returns (B, C, O) for a linear op or (B, C, O, ho, wo) for a conv op; summed over C plus the
+    bias it is the op's output.
+    """
+    linear = head.linear
+    batch = features.shape[0]
+    if isinstance(linear, nn.Linear):
+        if features.dim() != 2 or features.shape[1] % channels:
+            raise ValueError(f"linear op input {tuple(features.shape)} has no {channels} blocks")
+        block = features.shape[1] // channels
+        weight = linear.weight.view(linear.out_features, channels, block)
+        return torch.einsum("bcs,ocs->bco", features.view(batch, channels, block), weight)
+    if linear.padding_mode != "zeros":
+        raise ValueError("conv shortcut needs zero padding")
+    out_channels = linear.out_channels
+    weight = linear.weight.transpose(0, 1).reshape(channels * out_channels, 1, *linear.kernel_size)
+    shares = F.conv2d(
+        features, weight, None, linear.stride, linear.padding, linear.dilation, groups=channels
+    )
+    return shares.view(batch, channels, out_channels, *shares.shape[2:])
+
+
+class AblationEngine:
+    """Ablates units of one layer of one model; see the module docstring for the methods."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: str,
+        device: torch.device,
+        replacement: torch.Tensor | None = None,
+        method: str = "auto",
+        units_per_call: int = 16,
+        tie_margin: float = 1e-5,
+        memory_budget_bytes: int = 1 << 28,
+    ) -> None:
+        if method not in METHODS:
+            raise ValueError(f"unknown ablation method {method!r}; expected one of {METHODS}")
+        self.model = model.to(device).eval()
+        self.layer = layer
+        self.device = device
+        self.replacement = replacement
+        self.units_per_call = max(1, units_per_call)
+        self.tie_margin = tie_margin
+        self.memory_budget_bytes = memory_budget_bytes
+        self.suffix = None
+        self.head: Head | None = None
+        self.why_not_faster = ""
+        if method != "hook":
+            try:
+                self.suffix = split_suffix(self.model, layer).to(device)
+                self.head = analyse_head(self.suffix) if method in ("auto", "linear") else None
+            except NotACutPoint as error:
+                if method != "auto":
+                    raise
+                self.why_not_faster = str(error)
+        if method == "linear" and self.head is None:
+            raise ValueError(f"layer {layer}: no linear shortcut (no single linear op after it)")
+        if method == "auto":
+            method = "linear" if self.head else "suffix" if self.suffix is not None else "hook"
+        self.method = method
+
+    @property
+    def needs_images(self) -> bool:
+        """Whether `run` must be fed input images (hook method) rather than stored layer maps."""
+        return self.method == "hook"
+
+    def describe(self) -> str:
+        """One line for the job log: which method and why."""
+        if self.method == "linear":
+            kind = "closed form (linear head)" if self.head.tail is None else "linear shortcut"
+            return f"{kind} into {type(self.head.linear).__name__}"
+        if self.method == "suffix":
+            return "suffix replay (torch.fx)"
+        return f"full forward with a replacing hook ({self.why_not_faster or 'requested'})"
+
+    def _replacement_for(self, channels: int, like: torch.Tensor) -> torch.Tensor:
+        if self.replacement is None:
+            return torch.zeros(channels, dtype=like.dtype, device=like.device)
+        if self.replacement.shape != (channels,):
+            raise ValueError(
+                f"replacement has shape {tuple(self.replacement.shape)}, "
+                f"layer has {channels} channels"
+            )
+        return self.replacement.to(like.device, like.dtype)
+
+    @torch.no_grad()
+    def run(
+        self,
+        batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+        units: Sequence[int],
+        num_classes: int,
+        progress: Callable[[Iterable], Iterable] | None = None,
+    ) -> AblationCounts:
+        """Ablate each of `units` over all (inputs, labels) batches; inputs are layer maps, or
+        images when `needs_images`."""
+        units = np.asarray(list(units), dtype=np.int64)
+        count = len(units)
+        correct = torch.zeros(count, num_classes, dtype=torch.float64)
+        prob_sum = torch.zeros(count, num_classes, dtype=torch.float64)
+        near_ties = torch.zeros(count, dtype=torch.int64)
+        base_correct = torch.zeros(num_classes, dtype=torch.float64)
+        base_prob = torch.zeros(num_classes, dtype=torch.float64)
+        sizes = torch.zeros(num_classes, dtype=torch.float64)
+        groups = [units[i : i + self.units_per_call] for i in range(0, count, self.units_per_call)]
+        for inputs, labels in progress(batches) if progress else batches:
+            inputs = inputs.to(self.device, torch.float32)
+            labels = labels.to(torch.int64)
+            one_hot = F.one_hot(labels, num_classes).to(torch.float64)
+            sizes += one_hot.sum(0)
+            for start in range(0, len(inputs), self._image_chunk(inputs)):
+                chunk = inputs[start : start + self._image_chunk(inputs)]
+                hot = one_hot[start : start + len(chunk)]
+                target = labels[start : start + len(chunk)]
+                evaluate = self._evaluator(chunk)
+                baseline = evaluate(None)
+                hit, prob, _ = self._score(baseline[None], target)
+                base_correct += hit[0] @ hot
+                base_prob += prob[0] @ hot
+                offset = 0
+                for group in groups:
+                    padded = np.concatenate(
+                        [group, np.repeat(group[-1:], self.units_per_call - len(group))]
+                    )
+                    logits = evaluate(torch.from_numpy(padded))[: len(group)]
+                    hit, prob, ties = self._score(logits, target)
+                    rows = slice(offset, offset + len(group))
+                    correct[rows] += hit @ hot
+                    prob_sum[rows] += prob @ hot
+                    near_ties[rows] += ties
+                    offset += len(group)
+        return AblationCounts(
+            units=units,
+            correct=np.rint(correct.numpy()).astype(np.int64),
+            prob_sum=prob_sum.numpy(),
+            near_ties=near_ties.numpy(),
+            baseline_correct=np.rint(base_correct.numpy()).astype(np.int64),
+            baseline_prob_sum=base_prob.numpy(),
+            class_sizes=np.rint(sizes.numpy()).astype(np.int64),
+            method=self.method,
+        )
+
+    @torch.no_grad()
+    def logits(self, inputs: torch.Tensor, units: Sequence[int]) -> torch.Tensor:
+        """Logits (U, B, K) of one batch with each of `units` ablated in turn (for tests, tools)."""
+        inputs = inputs.to(self.device, torch.float32)
+        evaluate = self._evaluator(inputs)
+        units = np.asarray(list(units), dtype=np.int64)
+        outputs = []
+        for start in range(0, len(units), self.units_per_call):
+            group = units[start : start + self.units_per_call]
+            padded = np.concatenate(
+                [group, np.repeat(group[-1:], self.units_per_call - len(group))]
+            )
+            outputs.append(evaluate(torch.from_numpy(padded))[: len(group)].float().cpu())
+        return torch.cat(outputs)
+
+    @torch.no_grad()
+    def baseline_logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Logits (B, K) of one batch without ablation, through the same path as `logits`."""
+        return self._evaluator(inputs.to(self.device, torch.float32))(None).float().cpu()
+
+    def _image_chunk(self, inputs: torch.Tensor) -> int:
+        """Images per evaluation so that a call's tensors stay within the memory budget."""
+        per_image = inputs[0].numel() * 4 * self.units_per_call
+        if self.method == "linear":
+            outputs = self.head.linear.weight.shape[0]
+            positions = inputs[0, 0].numel() if isinstance(self.head.linear, nn.Conv2d) else 1
+            channels = inputs.shape[1]
+            per_image += 4 * outputs * positions * (channels + self.units_per_call)
+        return int(max(1, min(len(inputs), self.memory_budget_bytes // max(1, per_image))))
+
+    def _score(
+        self, logits: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(G, B, K) logits -> correct (G, B), true-class probability (G, B), near ties (G,)."""
+        logits = logits.float().cpu()
+        hit = (logits.argmax(-1) == labels).to(torch.float64)
+        prob = torch.softmax(logits.double(), -1).gather(
+            -1, labels.expand(logits.shape[0], -1)[..., None]
+        )[..., 0]
+        if logits.shape[-1] > 1:
+            top = logits.topk(2, dim=-1).values
+            ties = ((top[..., 0] - top[..., 1]) < self.tie_margin).sum(-1)
+        else:
+            ties = torch.zeros(logits.shape[0], dtype=torch.int64)
+        return hit, prob, ties
+
+    def _evaluator(self, inputs: torch.Tensor) -> Callable[[torch.Tensor | None], torch.Tensor]:
+        """A function from a unit group (None = no ablation) to logits (G, B, K) for `inputs`."""
+        if self.method == "linear":
+            return self._linear_evaluator(inputs)
+        if self.method == "suffix":
+            return self._replay_evaluator(inputs, self.suffix)
+        return self._hook_evaluator(inputs)
+
+    def _replace(self, maps: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+        """(B, C, ...) maps -> (G, B, C, ...) copies with channel group[g] replaced in copy g."""
+        channels = maps.shape[1]
+        values = self._replacement_for(channels, maps)
+        copies = maps.unsqueeze(0).repeat(len(group), *([1] * maps.dim()))
+        index = torch.arange(len(group), device=maps.device)
+        group = group.to(maps.device)
+        copies[index, :, group] = values[group].view(-1, 1, *([1] * (maps.dim() - 2)))
+        return copies
+
+    def _replay_evaluator(self, maps: torch.Tensor, suffix: nn.Module) -> Callable:
+        def evaluate(group: torch.Tensor | None) -> torch.Tensor:
+            if group is None:
+                return suffix(maps)
+            copies = self._replace(maps, group)
+            logits = suffix(copies.flatten(0, 1))
+            return logits.view(len(group), len(maps), -1)
+
+        return evaluate
+
+    def _linear_evaluator(self, maps: torch.Tensor) -> Callable:
+        head = self.head
+        channels = maps.shape[1]
+        features = head.pre(maps)
+        output = head.linear(features)
+        shares = channel_contributions(head, features, channels)
+        filled = self._replacement_for(channels, maps).view(1, channels, *([1] * (maps.dim() - 2)))
+        replaced_shares = channel_contributions(
+            head, head.pre(filled.expand(1, *maps.shape[1:]).contiguous()), channels
+        )
+
+        def evaluate(group: torch.Tensor | None) -> torch.Tensor:
+            if group is None:
+                return output if head.tail is None else head.tail(output)
+            group = group.to(maps.device)
+            delta = shares[:, group] - replaced_shares[:, group]  # (B, G, O, ...)
+            ablated = output.unsqueeze(0) - delta.transpose(0, 1)  # (G, B, O, ...)
+            if head.tail is None:
+                return ablated
+            logits = head.tail(ablated.flatten(0, 1))
+            return logits.view(len(group), len(maps), -1)
+
+        return evaluate
+
+    def _hook_evaluator(self, images: torch.Tensor) -> Callable:
+        module = dict(self.model.named_modules())[self.layer]
+
+        def evaluate(group: torch.Tensor | None) -> torch.Tensor:
+            if group is None:
+                return self.model(images)
+
+            def replace(_module: nn.Module, _inputs: object, output: torch.Tensor):
+                maps = output.view(len(group), len(images), *output.shape[1:])[0]
+                return self._replace(maps, group).flatten(0, 1)
+
+            repeated = images.repeat(len(group), *([1] * (images.dim() - 1)))
+            handle = module.register_forward_hook(replace)
+            try:
+                logits = self.model(repeated)
+            finally:
+                handle.remove()
+            return logits.view(len(group), len(images), -1)
+
+        return evaluate

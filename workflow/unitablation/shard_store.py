@@ -1,0 +1,58 @@
+"""HDF5 files of ablation counts: one per shard of units, merged per (model, layer, basis)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from .ablation import AblationCounts
+from .store import atomic_path
+
+COUNT_FIELDS = (
+    "units",
+    "correct",
+    "prob_sum",
+    "near_ties",
+    "baseline_correct",
+    "baseline_prob_sum",
+    "class_sizes",
+)
+
+
+def save_counts(path: str | Path, counts: AblationCounts, attrs: Mapping[str, Any]) -> None:
+    """Write one shard's counts atomically, with provenance attributes."""
+    with atomic_path(path) as temporary, h5py.File(temporary, "w") as handle:
+        for name in COUNT_FIELDS:
+            handle.create_dataset(name, data=getattr(counts, name))
+        handle.attrs["method"] = counts.method
+        for key, value in attrs.items():
+            handle.attrs[key] = value
+
+
+def load_counts(paths: Sequence[str | Path]) -> tuple[AblationCounts, dict[str, Any]]:
+    """Read and stack shard files (same images, disjoint units); return counts and first attrs."""
+    merged: AblationCounts | None = None
+    attrs: dict[str, Any] = {}
+    for path in paths:
+        try:
+            with h5py.File(path, "r") as handle:
+                missing = [name for name in COUNT_FIELDS if name not in handle]
+                if missing:
+                    raise ValueError(f"ablation shard {path} lacks datasets {missing}")
+                counts = AblationCounts(
+                    **{name: handle[name][:] for name in COUNT_FIELDS},
+                    method=str(handle.attrs["method"]),
+                )
+                attrs = attrs or dict(handle.attrs)
+        except OSError as error:
+            raise ValueError(f"cannot read ablation shard {path}: {error}") from error
+        merged = counts if merged is None else merged.merge(counts)
+    if merged is None:
+        raise ValueError("no ablation shards to merge")
+    if not np.array_equal(np.sort(merged.units), np.arange(len(merged.units))):
+        raise ValueError("ablation shards do not cover units 0..U-1 exactly once")
+    return merged, attrs
