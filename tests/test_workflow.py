@@ -83,6 +83,97 @@ def test_tiny_run_writes_every_store(tiny_run: Path) -> None:
         assert "device: cpu" in log and "100%" in log
 
 
+DROP_COLUMNS = [
+    "unit",
+    "overall_drop",
+    "max_class_drop",
+    "most_hurt_class",
+    "n_tied",
+    "n_classes_hurt_5",
+    "n_classes_hurt_10",
+    "n_classes_hurt_20",
+    "top5_mean_drop",
+]
+
+
+def test_tiny_run_writes_drop_tables(tiny_run: Path) -> None:
+    config = yaml.safe_load(TINY.read_text())
+    n_classes = config["world"]["n_classes"]
+    for variant in VARIANTS:
+        classes = pd.read_csv(tiny_run / "results" / variant / "baseline.csv")["class"][:-1]
+        for layer in config["layers"]:
+            folder = tiny_run / "results" / variant / layer / "unit"
+            drops = pd.read_csv(folder / "drops.csv")
+            assert set(DROP_COLUMNS) <= set(drops.columns)
+            assert drops["unit"].tolist() == list(range(8))
+            assert drops["max_class_drop"].between(-100, 100).all()
+            assert drops["most_hurt_class"].isin(classes).all()
+            class_drops = pd.read_csv(folder / "class_drops.csv")
+            assert list(class_drops.columns) == ["unit", *classes]
+            np.testing.assert_allclose(
+                class_drops[list(classes)].max(axis=1), drops["max_class_drop"], atol=1e-9
+            )
+            assert sorted(p.name for p in (folder / "shards").iterdir()) == ["0000.h5", "0001.h5"]
+            import h5py
+
+            with h5py.File(folder / "class_prob_drops.h5") as handle:
+                assert handle["class_prob_drops"].shape == (8, n_classes)
+
+
+def test_pipeline_drops_equal_a_full_forward_with_a_zeroing_hook(tiny_run: Path) -> None:
+    """Exactness on the trained tiny models, end to end: the shards' per-class counts equal
+    those of the whole network run with a hook that zeroes the unit."""
+    import h5py
+    import torch
+
+    from unitablation.images import ImageFolderSet, default_preprocess, stack_dataset
+    from unitablation.models import load_configured_model
+
+    config = yaml.safe_load(TINY.read_text())
+    images, labels = stack_dataset(
+        ImageFolderSet(tiny_run / "results/world/val", default_preprocess("tinyalex"))
+    )
+    for variant in VARIANTS:
+        entry = {**config["models"][variant], "image_size": config["world"]["image_size"]}
+        weights = tiny_run / "results" / variant / "model.pt"
+        model, _, classes = load_configured_model(entry, weights, torch.device("cpu"))
+        for layer in config["layers"]:
+            module = dict(model.named_modules())[layer]
+            expected = []
+            for unit in range(8):
+                handle = module.register_forward_hook(
+                    lambda _m, _i, out, unit=unit: out.index_fill(1, torch.tensor([unit]), 0.0)
+                )
+                with torch.no_grad():
+                    hits = (model(images).argmax(1) == labels).double()
+                handle.remove()
+                expected.append(torch.bincount(labels, hits, len(classes)).long().numpy())
+            path = tiny_run / "results" / variant / layer / "unit" / "class_prob_drops.h5"
+            with h5py.File(path) as handle:
+                np.testing.assert_array_equal(handle["correct"][:], np.stack(expected))
+
+
+def test_shard_size_does_not_change_results(tiny_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    workdir = tmp_path / "reshard"
+    shutil.copytree(tiny_run / "results", workdir / "results")
+    shutil.copytree(tiny_run / ".snakemake", workdir / ".snakemake")
+    config = yaml.safe_load(TINY.read_text())
+    config["ablation"]["shard_size"] = 3
+    path = tmp_path / "reshard.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake(workdir, "--cores", "2", config=path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for variant in VARIANTS:
+        for layer in config["layers"]:
+            for table in ("drops.csv", "class_drops.csv"):
+                relative = Path("results", variant, layer, "unit", table)
+                assert (workdir / relative).read_bytes() == (tiny_run / relative).read_bytes()
+            shards = sorted(p.name for p in (workdir / relative.parent / "shards").iterdir())
+            assert shards[-3:] == ["0000.h5", "0001.h5", "0002.h5"]
+
+
 def test_broden_and_image_folder_layout(tiny_run: Path) -> None:
     world = tiny_run / "results" / "world"
     assert sorted(p.name for p in world.iterdir()) == ["broden", "train", "val"]
