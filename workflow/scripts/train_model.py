@@ -11,8 +11,9 @@ if "snakemake" in globals():  # make the library importable inside any rule envi
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from unitablation.devices import describe_device, resolve_device, use_full_float32  # noqa: E402
+from unitablation.devices import use_full_float32  # noqa: E402
 from unitablation.images import ImageFolderSet, default_preprocess, stack_dataset  # noqa: E402
+from unitablation.lease import gpu_lease  # noqa: E402
 from unitablation.logs import logged_to  # noqa: E402
 from unitablation.models import ModelSpec, build_model, save_checkpoint  # noqa: E402
 from unitablation.store import atomic_path  # noqa: E402
@@ -31,29 +32,31 @@ def main(
 ) -> None:
     """Train from a fixed seed; write the checkpoint and a per-epoch history CSV."""
     torch.set_num_threads(threads)
-    device = resolve_device(device_name)
     use_full_float32()
-    print(f"device: {describe_device(device)}", file=sys.stderr)
-    dataset = ImageFolderSet(
-        images_dir, default_preprocess(model_entry["arch"], model_entry.get("preprocess"))
-    )
-    images, labels = stack_dataset(dataset)
-    spec = ModelSpec.from_config(model_entry, len(dataset.classes), images.shape[-1])
-    print(
-        f"training {spec} on {len(dataset)} images, {len(dataset.classes)} classes", file=sys.stderr
-    )
-    torch.manual_seed(seed)
-    model = build_model(spec)
+    with gpu_lease(device_name) as lease:
+        print(f"device: {lease.description}", file=sys.stderr)
+        device = lease.device
+        dataset = ImageFolderSet(
+            images_dir, default_preprocess(model_entry["arch"], model_entry.get("preprocess"))
+        )
+        images, labels = stack_dataset(dataset)
+        spec = ModelSpec.from_config(model_entry, len(dataset.classes), images.shape[-1])
+        print(
+            f"training {spec} on {len(dataset)} images, {len(dataset.classes)} classes",
+            file=sys.stderr,
+        )
+        torch.manual_seed(seed)
+        model = build_model(spec)
 
-    def report(record: dict[str, float]) -> None:
-        print(", ".join(f"{key}={value:.4g}" for key, value in record.items()), file=sys.stderr)
+        def report(record: dict[str, float]) -> None:
+            print(", ".join(f"{key}={value:.4g}" for key, value in record.items()), file=sys.stderr)
 
-    history = train_model(
-        model, images, labels, TrainConfig.from_config(training, seed), device, on_epoch=report
-    )
-    save_checkpoint(weights_out, model, dataset.classes)
-    with atomic_path(history_out) as temporary:
-        pd.DataFrame(history).to_csv(temporary, index=False, float_format="%.6g")
+        history = train_model(
+            model, images, labels, TrainConfig.from_config(training, seed), device, on_epoch=report
+        )
+        save_checkpoint(weights_out, model, dataset.classes)
+        with atomic_path(history_out) as temporary:
+            pd.DataFrame(history).to_csv(temporary, index=False, float_format="%.6g")
 
 
 if "snakemake" in globals():
