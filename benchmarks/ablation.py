@@ -4,8 +4,9 @@ For AlexNet conv5 (features.11, 256 units), VGG16 conv5_3 (features.29, 512 unit
 ResNet-50 layer4 (2048 units) with random weights on random 224 x 224 images, measures
 (unit, image) evaluations per second of
 
-- the engine (unitablation.ablation.AblationEngine): its own activation extraction pass (one
-  forward of the N images capturing the layer output with a hook) plus `run` over ALL units;
+- the engine (unitablation.ablation.AblationEngine): its construction, its own activation
+  extraction pass (one forward of the N images capturing the layer output with a hook) and
+  `run` over ALL units;
 - naive: for each unit of a subset, a full forward of the N images with a hook zeroing it;
 - Captum 0.9 LayerFeatureAblation, forward returning per-example correctness, on the same
   subset (the other channels share one extra feature id, so Captum ablates subset + 1 groups
@@ -212,7 +213,9 @@ def bench_naive(
     started = time.perf_counter()
     for row, unit in enumerate(units):
 
-        def zero(_module: nn.Module, _inputs: object, output: torch.Tensor, unit: int = unit):
+        def zero(
+            _module: nn.Module, _inputs: object, output: torch.Tensor, unit: int = unit
+        ) -> torch.Tensor:
             output = output.clone()
             output[:, unit] = 0.0
             return output
@@ -235,11 +238,12 @@ def bench_captum(
     channels: int,
     batch: int,
     perturbations: int,
-) -> tuple[torch.Tensor, float]:
-    """Captum's attribution (U, N) = baseline - ablated correctness for `units`, and seconds.
+) -> tuple[torch.Tensor, int, float]:
+    """Captum's attributions (U, N) = baseline - ablated correctness for `units`, the number of
+    feature groups Captum ablated per image, and the seconds.
 
-    The mask gives each unit of the subset its own feature id and all other channels one shared
-    extra id, so Captum performs len(units) + 1 ablations per image.
+    The mask gives each unit of the subset its own feature id and all other channels (if any)
+    one shared extra id, so Captum performs len(units) + 1 ablations per image.
     """
     from captum.attr import LayerFeatureAblation
 
@@ -260,7 +264,8 @@ def bench_captum(
                 perturbations_per_eval=perturbations,
             )
             attributions[:, rows] = result[:, units, 0, 0].T
-    return attributions, time.perf_counter() - started
+    groups = len(units) + (1 if len(units) < channels else 0)
+    return attributions, groups, time.perf_counter() - started
 
 
 def top2_gap(logits: torch.Tensor) -> torch.Tensor:
@@ -277,10 +282,12 @@ def check_predictions(
     naive: torch.Tensor,
     attributions: torch.Tensor,
     batch: int,
-) -> dict[str, int]:
+) -> dict[str, int | float]:
     """Disagreements of engine and Captum with naive top-1 on the subset, and how many are ties.
 
     A tie is a pair whose naive top-2 logits differ by less than 1e-4 * max(1, |top logit|).
+    The largest logit change an ablation causes and the number of distinct predicted classes
+    show that agreement is not trivial.
     """
     engine_logits = torch.cat(
         [engine.logits(maps[rows], units) for rows in chunks(len(maps), batch)], dim=1
@@ -297,6 +304,8 @@ def check_predictions(
         "engine_disagreements": int(engine_wrong.sum()),
         "engine_disagreements_at_ties": int((engine_wrong & ties).sum()),
         "engine_max_abs_logit_diff": float((engine_logits - naive).abs().max()),
+        "ablation_max_abs_logit_change": float((naive - baseline).abs().max()),
+        "distinct_naive_predictions": int(naive_top.unique().numel()),
         "captum_disagreements": int(captum_wrong.sum()),
         "captum_disagreements_at_ties": int((captum_wrong & ties).sum()),
         "pairs_checked": int(naive_top.numel()),
@@ -323,7 +332,7 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, object]:
     if engine["maps"].shape[1] != channels:
         raise RuntimeError(f"{name} {layer} has {engine['maps'].shape[1]} channels, not {channels}")
     naive, naive_s = bench_naive(model, layer, images, units, args.batch_size)
-    attributions, captum_s = bench_captum(
+    attributions, captum_groups, captum_s = bench_captum(
         model, layer, images, labels, units, channels, args.batch_size, args.perturbations
     )
     checks = check_predictions(
@@ -331,7 +340,7 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, object]:
     )
     counted = engine["counts"].correct[units].sum(1)
     naive_pairs = len(units) * len(images)
-    captum_pairs = (len(units) + 1) * len(images)
+    captum_pairs = captum_groups * len(images)
     row = {
         "model": name,
         "layer": f"{layer} ({layer_name})",
@@ -381,6 +390,21 @@ def matmul_gflops(size: int, repeats: int) -> float:
     return 2 * size**3 / best / 1e9
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MB.
+
+    Linux's VmHWM belongs to the process's own address space; ru_maxrss (the fallback elsewhere)
+    also keeps the parent's resident size at fork, which would hide a small child's peak.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def rss_child(args: argparse.Namespace) -> None:
     """Subprocess body: streaming extraction to HDF5 then engine.run; prints peak RSS as JSON."""
     torch.set_num_threads(args.threads)
@@ -402,11 +426,10 @@ def rss_child(args: argparse.Namespace) -> None:
             counts = engine.run(batches, range(channels), NUM_CLASSES)
     if int(counts.class_sizes.sum()) != args.images:
         raise RuntimeError("engine saw a different number of images than extracted")
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     result = {
         "images": args.images,
         "units": channels,
-        "peak_rss_mb": peak_kb / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "seconds": time.perf_counter() - started,
     }
     print(json.dumps(result))
@@ -472,6 +495,7 @@ COLUMNS = [
     ("speedup_vs_naive", "x naive"),
     ("speedup_vs_captum", "x captum"),
     ("disagree", "disagree eng/cap (ties)"),
+    ("logit_check", "|eng-naive| / |ablation effect|"),
 ]
 
 
@@ -520,6 +544,9 @@ def main() -> None:
         row["disagree"] = (
             f"{row['engine_disagreements']}/{row['captum_disagreements']} "
             f"({row['engine_disagreements_at_ties']}/{row['captum_disagreements_at_ties']})"
+        )
+        row["logit_check"] = (
+            f"{row['engine_max_abs_logit_diff']:.1e} / {row['ablation_max_abs_logit_change']:.1e}"
         )
         rows.append(row)
         print(

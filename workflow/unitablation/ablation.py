@@ -226,12 +226,13 @@ class AblationEngine:
 
     def _image_chunk(self, inputs: torch.Tensor) -> int:
         """Images per evaluation so that a call's tensors stay within the memory budget."""
-        per_image = inputs[0].numel() * 4 * self.units_per_call
-        if self.method == "linear":
+        if self.method == "linear":  # channel shares plus one ablated output per unit
             outputs = self.head.linear.weight.shape[0]
             positions = inputs[0, 0].numel() if isinstance(self.head.linear, nn.Conv2d) else 1
             channels = inputs.shape[1]
-            per_image += 4 * outputs * positions * (channels + self.units_per_call)
+            per_image = 4 * outputs * positions * (channels + self.units_per_call)
+        else:  # one copy of the layer output per unit
+            per_image = inputs[0].numel() * 4 * self.units_per_call
         return int(max(1, min(len(inputs), self.memory_budget_bytes // max(1, per_image))))
 
     def _score(
@@ -293,7 +294,7 @@ class AblationEngine:
             if group is None:
                 return output if head.tail is None else head.tail(output)
             group = group.to(maps.device)
-            delta = shares[:, group] - replaced_shares[:, group]  # (B, G, O, ...)
+            delta = shares.index_select(1, group) - replaced_shares.index_select(1, group)
             ablated = output.unsqueeze(0) - delta.transpose(0, 1)  # (G, B, O, ...)
             if head.tail is None:
                 return ablated
