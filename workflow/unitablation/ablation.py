@@ -160,16 +160,18 @@ class AblationEngine:
         images when `needs_images`."""
         units = np.asarray(list(units), dtype=np.int64)
         count = len(units)
-        correct = torch.zeros(count, num_classes, dtype=torch.float64)
-        prob_sum = torch.zeros(count, num_classes, dtype=torch.float64)
-        near_ties = torch.zeros(count, dtype=torch.int64)
-        base_correct = torch.zeros(num_classes, dtype=torch.float64)
-        base_prob = torch.zeros(num_classes, dtype=torch.float64)
-        sizes = torch.zeros(num_classes, dtype=torch.float64)
+        # Accumulate on the device: only the (U, K) counts ever travel back.
+        zeros = {"dtype": torch.float64, "device": self.device}
+        correct = torch.zeros(count, num_classes, **zeros)
+        prob_sum = torch.zeros(count, num_classes, **zeros)
+        near_ties = torch.zeros(count, dtype=torch.int64, device=self.device)
+        base_correct = torch.zeros(num_classes, **zeros)
+        base_prob = torch.zeros(num_classes, **zeros)
+        sizes = torch.zeros(num_classes, **zeros)
         groups = [units[i : i + self.units_per_call] for i in range(0, count, self.units_per_call)]
         for inputs, labels in progress(batches) if progress else batches:
             inputs = inputs.to(self.device, torch.float32)
-            labels = labels.to(torch.int64)
+            labels = labels.to(self.device, torch.int64)
             one_hot = F.one_hot(labels, num_classes).to(torch.float64)
             sizes += one_hot.sum(0)
             for start in range(0, len(inputs), self._image_chunk(inputs)):
@@ -195,12 +197,12 @@ class AblationEngine:
                     offset += len(group)
         return AblationCounts(
             units=units,
-            correct=np.rint(correct.numpy()).astype(np.int64),
-            prob_sum=prob_sum.numpy(),
-            near_ties=near_ties.numpy(),
-            baseline_correct=np.rint(base_correct.numpy()).astype(np.int64),
-            baseline_prob_sum=base_prob.numpy(),
-            class_sizes=np.rint(sizes.numpy()).astype(np.int64),
+            correct=np.rint(correct.cpu().numpy()).astype(np.int64),
+            prob_sum=prob_sum.cpu().numpy(),
+            near_ties=near_ties.cpu().numpy(),
+            baseline_correct=np.rint(base_correct.cpu().numpy()).astype(np.int64),
+            baseline_prob_sum=base_prob.cpu().numpy(),
+            class_sizes=np.rint(sizes.cpu().numpy()).astype(np.int64),
             method=self.method,
         )
 
@@ -239,7 +241,7 @@ class AblationEngine:
         self, logits: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(G, B, K) logits -> correct (G, B), true-class probability (G, B), near ties (G,)."""
-        logits = logits.float().cpu()
+        logits = logits.float()
         hit = (logits.argmax(-1) == labels).to(torch.float64)
         prob = torch.softmax(logits.double(), -1).gather(
             -1, labels.expand(logits.shape[0], -1)[..., None]
@@ -248,7 +250,7 @@ class AblationEngine:
             top = logits.topk(2, dim=-1).values
             ties = ((top[..., 0] - top[..., 1]) < self.tie_margin).sum(-1)
         else:
-            ties = torch.zeros(logits.shape[0], dtype=torch.int64)
+            ties = torch.zeros(logits.shape[0], dtype=torch.int64, device=logits.device)
         return hit, prob, ties
 
     def _evaluator(self, inputs: torch.Tensor) -> Callable[[torch.Tensor | None], torch.Tensor]:
