@@ -14,6 +14,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/activations.smk"
 include: "workflow/rules/ablation.smk"
+include: "workflow/rules/attributes.smk"
 
 
 rule all:

@@ -96,6 +96,21 @@ DROP_COLUMNS = [
 ]
 
 
+ATTRIBUTE_COLUMNS = [
+    "unit",
+    "l1_in",
+    "l1_in_bn",
+    "l1_out",
+    "selectivity",
+    "selective_class",
+    "class_correlation",
+    "correlated_class",
+    "mean_activation",
+    "active_fraction",
+    "activation_variance",
+]
+
+
 def test_tiny_run_writes_drop_tables(tiny_run: Path) -> None:
     config = yaml.safe_load(TINY.read_text())
     n_classes = config["world"]["n_classes"]
@@ -118,6 +133,13 @@ def test_tiny_run_writes_drop_tables(tiny_run: Path) -> None:
 
             with h5py.File(folder / "class_prob_drops.h5") as handle:
                 assert handle["class_prob_drops"].shape == (8, n_classes)
+            attributes = pd.read_csv(folder / "attributes.csv")
+            assert attributes["unit"].tolist() == list(range(8))
+            assert set(ATTRIBUTE_COLUMNS) <= set(attributes.columns)
+            assert (attributes["l1_in"] > 0).all() and (attributes["l1_out"] > 0).all()
+            assert attributes["selective_class"].isin(classes).all()
+            with h5py.File(folder / "attributes.h5") as handle:
+                assert handle["class_correlation"].shape == (8, n_classes)
 
 
 def test_pipeline_drops_equal_a_full_forward_with_a_zeroing_hook(tiny_run: Path) -> None:

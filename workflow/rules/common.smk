@@ -164,7 +164,7 @@ def drop_outputs(name):
         f"results/{name}/{layer}/{basis}/{table}"
         for layer in model_layers(name)
         for basis in BASES
-        for table in ("drops.csv", "class_drops.csv")
+        for table in ("drops.csv", "class_drops.csv", "attributes.csv")
     ]
 
 

@@ -1,0 +1,23 @@
+# Attributes: per-unit weight norms, class selectivity and class correlation.
+
+
+rule unit_attributes:
+    input:
+        store="results/{model}/activations/eval.h5",
+        weights=model_weights,
+    output:
+        table=report(
+            "results/{model}/{layer}/{basis}/attributes.csv",
+            caption="../report/attributes.rst",
+            category="Attributes",
+            subcategory="{model}",
+        ),
+        matrices="results/{model}/{layer}/{basis}/attributes.h5",
+    log:
+        "results/logs/unit_attributes/{model}/{layer}/{basis}.log",
+    conda:
+        env_file("torch")
+    params:
+        model=model_spec_params,
+    script:
+        script_file("unit_attributes.py")

@@ -1,0 +1,89 @@
+"""Rule adapter: per-unit attributes of one layer (weight norms, selectivity, correlation)."""
+
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+if "snakemake" in globals():  # make the library importable inside any rule environment
+    sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
+
+import h5py  # noqa: E402
+import torch  # noqa: E402
+
+from unitablation.attributes import (  # noqa: E402
+    accumulate,
+    attribute_table,
+    find_producer,
+    incoming_l1,
+    outgoing_l1,
+)
+from unitablation.logs import logged_to  # noqa: E402
+from unitablation.models import load_configured_model  # noqa: E402
+from unitablation.store import ActivationStore, atomic_path  # noqa: E402
+
+ROWS_PER_READ = 4096
+
+
+def stored_rows(store: ActivationStore, layer: str):
+    """Yield (means, maxima, labels, logits) row batches of the eval store."""
+    group = store.layer(layer)
+    for start in range(0, len(store), ROWS_PER_READ):
+        rows = slice(start, start + ROWS_PER_READ)
+        yield (
+            group["mean"][rows],
+            group["max"][rows],
+            store.file["labels"][rows],
+            store.file["logits"][rows],
+        )
+
+
+def main(
+    store_path: str,
+    weights: str,
+    table_out: str,
+    matrices_out: str,
+    layer: str,
+    basis: str,
+    model_entry: Mapping[str, Any],
+) -> None:
+    """Weights from the checkpoint, activations streamed from the eval store."""
+    if basis != "unit":
+        raise ValueError(f"basis {basis!r} is not supported yet (only 'unit')")
+    with ActivationStore(store_path) as store:
+        classes = store.classes
+        channels = store.layer(layer)["mean"].shape[1]
+        model, _, _ = load_configured_model(model_entry, weights, torch.device("cpu"), classes)
+        producer = find_producer(model, layer)
+        if producer.op is None:
+            print(f"l1_in undefined for {layer}: {producer.reason}", file=sys.stderr)
+        l1_in, l1_in_bn = incoming_l1(producer, channels)
+        l1_out = outgoing_l1(model, layer, channels)
+        stats = accumulate(stored_rows(store, layer), len(classes))
+    table, class_means, correlation = attribute_table(stats, classes, l1_in, l1_in_bn, l1_out)
+    excluded = int(table["class_correlation"].isna().sum())
+    print(
+        f"{channels} units; correlation undefined (constant activation) for {excluded}",
+        file=sys.stderr,
+    )
+    with atomic_path(table_out) as temporary:
+        table.to_csv(temporary, index=False, float_format="%.8g")
+    with atomic_path(matrices_out) as temporary, h5py.File(temporary, "w") as handle:
+        handle.create_dataset("class_means", data=class_means)
+        handle.create_dataset("class_correlation", data=correlation)
+        handle.attrs["classes"] = list(classes)
+        handle.attrs["layer"] = layer
+        handle.attrs["basis"] = basis
+
+
+if "snakemake" in globals():
+    with logged_to(snakemake.log[0]):  # noqa: F821
+        main(
+            snakemake.input.store,  # noqa: F821
+            snakemake.input.weights,  # noqa: F821
+            snakemake.output.table,  # noqa: F821
+            snakemake.output.matrices,  # noqa: F821
+            snakemake.wildcards.layer,  # noqa: F821
+            snakemake.wildcards.basis,  # noqa: F821
+            snakemake.params.model,  # noqa: F821
+        )
