@@ -15,6 +15,7 @@ include: "workflow/rules/models.smk"
 include: "workflow/rules/activations.smk"
 include: "workflow/rules/ablation.smk"
 include: "workflow/rules/attributes.smk"
+include: "workflow/rules/concepts.smk"
 
 
 rule all:

@@ -140,6 +140,14 @@ def test_tiny_run_writes_drop_tables(tiny_run: Path) -> None:
             assert attributes["selective_class"].isin(classes).all()
             with h5py.File(folder / "attributes.h5") as handle:
                 assert handle["class_correlation"].shape == (8, n_classes)
+            concepts = pd.read_csv(folder / "concepts.csv")
+            assert concepts["unit"].tolist() == list(range(8))
+            assert concepts["iou"].between(0, 1).all()
+            assert {"concept", "concept_category", "is_detector", "iou_color"} <= set(concepts)
+            with h5py.File(folder / "concepts.h5") as handle:
+                assert handle["iou"].shape[0] == 8
+                np.testing.assert_allclose(handle["iou"][:].max(1), concepts["iou"], atol=1e-6)
+                assert handle["top_images"].shape == (8, min(10, config["world"]["concept_images"]))
 
 
 def test_pipeline_drops_equal_a_full_forward_with_a_zeroing_hook(tiny_run: Path) -> None:

@@ -153,6 +153,11 @@ def shard_settings(wildcards):
     return {key: config["ablation"][key] for key in SHARD_KEYS}
 
 
+def concept_source(wildcards):
+    """Broden-layout concept directory of a model."""
+    return model_entry(wildcards.model).get("concept_set", f"{WORLD_DIR}/broden")
+
+
 def eval_images(wildcards):
     """ImageFolder root of a model's eval split (read only by the hook fallback)."""
     return model_entry(wildcards.model).get("eval_images", f"{WORLD_DIR}/val")
@@ -164,7 +169,7 @@ def drop_outputs(name):
         f"results/{name}/{layer}/{basis}/{table}"
         for layer in model_layers(name)
         for basis in BASES
-        for table in ("drops.csv", "class_drops.csv", "attributes.csv")
+        for table in ("drops.csv", "class_drops.csv", "attributes.csv", "concepts.csv")
     ]
 
 

@@ -1,0 +1,24 @@
+# Concepts: Network Dissection IoU of every unit with every Broden-format concept.
+
+
+rule concept_iou:
+    input:
+        store="results/{model}/activations/concept.h5",
+        broden=concept_source,
+    output:
+        table=report(
+            "results/{model}/{layer}/{basis}/concepts.csv",
+            caption="../report/concepts.rst",
+            category="Concepts",
+            subcategory="{model}",
+        ),
+        matrix="results/{model}/{layer}/{basis}/concepts.h5",
+    log:
+        "results/logs/concept_iou/{model}/{layer}/{basis}.log",
+    conda:
+        env_file("torch")
+    threads: config["concepts"]["threads"]
+    params:
+        concepts=config["concepts"],
+    script:
+        script_file("concept_iou.py")

@@ -1,0 +1,78 @@
+"""Rule adapter: Network Dissection IoU of every unit of one layer with every Broden concept."""
+
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+if "snakemake" in globals():  # make the library importable inside any rule environment
+    sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
+
+import h5py  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from unitablation.broden import read_broden  # noqa: E402
+from unitablation.concepts import concept_iou, store_reader  # noqa: E402
+from unitablation.logs import logged_to, progress_options  # noqa: E402
+from unitablation.store import ActivationStore, atomic_path  # noqa: E402
+
+
+def main(
+    store_path: str,
+    broden_dir: str,
+    table_out: str,
+    matrix_out: str,
+    layer: str,
+    basis: str,
+    concepts: Mapping[str, Any],
+) -> None:
+    """Thresholds, masks and IoU for all units x all labels; one row per unit in the table."""
+    if basis != "unit":
+        raise ValueError(f"basis {basis!r} is not supported yet (only 'unit')")
+    broden = read_broden(broden_dir)
+    with ActivationStore(store_path) as store:
+        n_units = store.layer(layer)["mean"].shape[1]
+        bar = tqdm(total=n_units, unit="unit", **progress_options(f"{layer} units"))
+        result = concept_iou(
+            store_reader(store, layer, broden),
+            n_units,
+            broden,
+            quantile=concepts["quantile"],
+            unit_block=concepts["unit_block"],
+            image_batch=concepts["image_batch"],
+            top_k=concepts["top_k"],
+            progress=lambda done, total: bar.update(done - bar.n),
+        )
+        bar.close()
+    table = result.table(concepts["iou_threshold"])
+    print(
+        f"{n_units} units, {len(result.label_numbers)} labels; detectors (IoU >= "
+        f"{concepts['iou_threshold']}): {int(table['is_detector'].sum())}",
+        file=sys.stderr,
+    )
+    with atomic_path(table_out) as temporary:
+        table.to_csv(temporary, index=False, float_format="%.6g")
+    with atomic_path(matrix_out) as temporary, h5py.File(temporary, "w") as handle:
+        handle.create_dataset("iou", data=result.iou)
+        handle.create_dataset("label_numbers", data=result.label_numbers)
+        handle.create_dataset("label_names", data=result.label_names, dtype=h5py.string_dtype())
+        handle.create_dataset(
+            "label_categories", data=result.label_categories, dtype=h5py.string_dtype()
+        )
+        handle.create_dataset("thresholds", data=result.thresholds)
+        handle.create_dataset("top_images", data=result.top_images)
+        handle.create_dataset("top_scores", data=result.top_scores)
+        handle.attrs.update({"layer": layer, "basis": basis, "quantile": concepts["quantile"]})
+
+
+if "snakemake" in globals():
+    with logged_to(snakemake.log[0]):  # noqa: F821
+        main(
+            snakemake.input.store,  # noqa: F821
+            snakemake.input.broden,  # noqa: F821
+            snakemake.output.table,  # noqa: F821
+            snakemake.output.matrix,  # noqa: F821
+            snakemake.wildcards.layer,  # noqa: F821
+            snakemake.wildcards.basis,  # noqa: F821
+            snakemake.params.concepts,  # noqa: F821
+        )

@@ -1,0 +1,452 @@
+"""Network Dissection concept IoU of units against a Broden-layout concept set.
+
+Rules (SCIENCE.md, "Concept alignment"):
+
+- Threshold: T_u = numpy.quantile(values, 1 - quantile) with numpy's default linear
+  interpolation, exact, over the N * h * w activations of unit u on all concept images at native
+  map resolution (quantile 0.005: the 99.5th percentile).
+- Mask: the map upsampled bilinearly to the image's segmentation size (sh, sw) with
+  torch.nn.functional.interpolate(mode="bilinear", align_corners=False), then > T_u (strict).
+  When (h, w) == (sh, sw) the upsampling is the identity.
+- Labels: a label belongs to its primary category (Broden.category_of_label). A pixel carries
+  label c when any mask layer of c's category equals c; occurrences of c in another category's
+  layers are ignored, so the intersection never exceeds the activation count. Image-level labels
+  (scene, texture) are carried by every pixel of the image.
+- I_uc = sum over images of |mask & carries c|, G_c = sum over images of |carries c|.
+- A_uc = sum of |mask| over the images in which c's category is present, i.e. whose index.csv
+  cell for the category is non-empty (the original NetDissect rule), not over all images.
+- IoU_uc = I_uc / (A_uc + G_c - I_uc + 1e-10).
+
+Columns run over the labels of label.csv whose primary category is listed in category.csv, in
+ascending label number (`ConceptResult.label_numbers`). Memory stays bounded: maps are read one
+block of units at a time (all images, needed for the exact quantile) and counted in image batches;
+the labels are decoded once into compact per-image "combination maps" (each pixel's index into
+the image's distinct sets of carried labels, uint8/uint16), so that counting is one index_add of
+the batch's masks per combination and one small matrix product per batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from unitablation.broden import Broden
+from unitablation.store import ActivationStore
+
+#: Added to IoU denominators, as in NetDissect.
+EPSILON = 1e-10
+
+
+@dataclass
+class ConceptResult:
+    """Per-unit concept IoUs and counts over a Broden concept set; columns are label numbers."""
+
+    iou: np.ndarray  # (U, L) float64, columns in label_numbers order
+    label_numbers: np.ndarray  # (L,) int64, ascending Broden label numbers
+    label_names: list[str]  # (L,)
+    label_categories: list[str]  # (L,) primary category of each label
+    categories: list[str]  # category.csv order
+    thresholds: np.ndarray  # (U,) float64, T_u
+    intersection: np.ndarray  # (U, L) int64, I_uc
+    activation: np.ndarray  # (U, len(categories)) int64, A per category (A_uc = column of c's)
+    ground_truth: np.ndarray  # (L,) int64, G_c
+    top_images: np.ndarray  # (U, k) int64, store rows of the top images by spatial max
+    top_scores: np.ndarray  # (U, k) float64, their spatial max activations
+    quantile: float
+
+    def best(self) -> tuple[np.ndarray, np.ndarray]:
+        """(column of the best label, its IoU) per unit; ties go to the lowest label number."""
+        column = np.argmax(self.iou, axis=1) if self.iou.shape[1] else np.zeros(0, np.int64)
+        return column, self.iou[np.arange(len(column)), column]
+
+    def table(self, iou_threshold: float = 0.04) -> pd.DataFrame:
+        """One row per unit: best concept, detector flag, threshold, best IoU per category."""
+        units = self.iou.shape[0]
+        if not self.iou.shape[1]:
+            raise ValueError("the concept set has no labels")
+        column, best = self.best()
+        names = np.array(self.label_names, dtype=object)
+        cats = np.array(self.label_categories, dtype=object)
+        data: dict[str, object] = {
+            "unit": np.arange(units),
+            "iou": best,
+            "concept": names[column],
+            "concept_category": cats[column],
+            "is_detector": best >= iou_threshold,
+            "threshold": self.thresholds,
+        }
+        for category in self.categories:
+            members = np.flatnonzero(cats == category)
+            if not len(members):
+                continue
+            local = members[np.argmax(self.iou[:, members], axis=1)]
+            data[f"iou_{category}"] = self.iou[np.arange(units), local]
+            data[f"concept_{category}"] = names[local]
+        return pd.DataFrame(data)
+
+
+@dataclass(frozen=True)
+class _ImageLabels:
+    """One image's labels, compact: combination map, combinations and present categories."""
+
+    combo_map: np.ndarray  # (sh * sw,) uint8/uint16/int32 index into combos
+    combos: np.ndarray  # (n_combos, n_labels) bool, labels carried by each combination
+    columns: np.ndarray  # (n_labels,) int64 result columns of the labels
+    present: np.ndarray  # (n_categories,) bool, category cell non-empty
+    size: tuple[int, int]  # (sh, sw)
+
+
+@dataclass(frozen=True)
+class _LabelIndex:
+    """The result columns: label numbers, names, categories and a number -> column lookup."""
+
+    numbers: np.ndarray
+    names: list[str]
+    categories: list[str]
+    category_names: list[str]
+    column_of: np.ndarray  # number -> column, -1 when not a column
+    category_index_of: np.ndarray  # number -> category index, -1 when not a column
+
+
+def _label_index(broden: Broden) -> _LabelIndex:
+    """Columns over label.csv labels whose primary category is in category.csv."""
+    category_names = list(broden.categories)
+    numbers = np.array(
+        sorted(n for n, cat in broden.category_of_label.items() if cat in category_names),
+        dtype=np.int64,
+    )
+    top = max(broden.category_of_label, default=0)
+    column_of = np.full(top + 1, -1, dtype=np.int64)
+    column_of[numbers] = np.arange(len(numbers))
+    category_index_of = np.full(top + 1, -1, dtype=np.int64)
+    for n in numbers:
+        category_index_of[n] = category_names.index(broden.category_of_label[int(n)])
+    return _LabelIndex(
+        numbers=numbers,
+        names=[broden.label_names[int(n)] for n in numbers],
+        categories=[broden.category_of_label[int(n)] for n in numbers],
+        category_names=category_names,
+        column_of=column_of,
+        category_index_of=category_index_of,
+    )
+
+
+def _image_labels(broden: Broden, i: int, index: _LabelIndex) -> _ImageLabels:
+    """Decode image i's labels into a combination map (labels of their primary category only)."""
+    record = broden.records[i]
+    size = (record.sh, record.sw)
+    present = np.zeros(len(index.category_names), dtype=bool)
+    columns: list[int] = []
+    carries: list[np.ndarray] = []
+    for category, stack in broden.load_labels(i).items():
+        if category not in index.category_names:
+            continue
+        if stack.shape[1:] != size:
+            raise ValueError(
+                f"{broden.root}: image {record.image}: {category} labels have size "
+                f"{stack.shape[1:]}, index.csv says {size}"
+            )
+        k = index.category_names.index(category)
+        present[k] = True
+        flat = stack.reshape(stack.shape[0], -1)
+        values = np.unique(flat)
+        values = values[(values > 0) & (values < len(index.category_index_of))]
+        for number in values[index.category_index_of[values] == k]:
+            columns.append(int(index.column_of[number]))
+            carries.append((flat == number).any(axis=0))
+    pixels = size[0] * size[1]
+    if not columns:
+        return _ImageLabels(
+            np.zeros(pixels, np.uint8), np.zeros((1, 0), bool), np.zeros(0, np.int64), present, size
+        )
+    matrix = np.stack(carries, axis=1)  # (pixels, n_labels)
+    if matrix.shape[1] < 63:  # one int64 key per pixel: a fast 1-D unique
+        packed = matrix.astype(np.int64) @ (np.int64(1) << np.arange(matrix.shape[1]))
+        keys, first, inverse = np.unique(packed, return_index=True, return_inverse=True)
+    else:
+        packed = np.packbits(matrix, axis=1)
+        keys, first, inverse = np.unique(packed, axis=0, return_index=True, return_inverse=True)
+    combos = matrix[first]
+    dtype = np.uint8 if len(keys) <= 256 else np.uint16 if len(keys) <= 65536 else np.int32
+    return _ImageLabels(
+        inverse.reshape(-1).astype(dtype), combos, np.array(columns, np.int64), present, size
+    )
+
+
+@dataclass(frozen=True)
+class ConceptLabels:
+    """A Broden set's labels decoded once (compact per-image maps), reusable across layers."""
+
+    root: str
+    index: _LabelIndex
+    images: list[_ImageLabels]
+    ground_truth: np.ndarray  # (L,) int64, G_c
+
+    def __len__(self) -> int:
+        """Number of concept images."""
+        return len(self.images)
+
+
+def concept_labels(broden: Broden) -> ConceptLabels:
+    """Decode every image's labels and count G_c (pixels carrying each label over all images)."""
+    index = _label_index(broden)
+    images = [_image_labels(broden, i, index) for i in range(len(broden.records))]
+    ground_truth = np.zeros(len(index.numbers), dtype=np.int64)
+    for item in images:
+        if len(item.columns):
+            per_combo = np.bincount(item.combo_map, minlength=len(item.combos))
+            ground_truth[item.columns] += per_combo @ item.combos.astype(np.int64)
+    return ConceptLabels(str(broden.root), index, images, ground_truth)
+
+
+def _batches(labels: list[_ImageLabels], image_batch: int) -> list[range]:
+    """Consecutive image ranges of at most image_batch images sharing one segmentation size."""
+    result: list[range] = []
+    start = 0
+    for i in range(1, len(labels) + 1):
+        if i == len(labels) or i - start == image_batch or labels[i].size != labels[start].size:
+            result.append(range(start, i))
+            start = i
+    return result
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """Label structures of one image batch: per-pixel global combination ids and indicators."""
+
+    images: range
+    size: tuple[int, int]
+    combo_labels: torch.Tensor  # (n_combos, n_cols) float64 0/1, labels carried per combination
+    columns: np.ndarray  # (n_cols,) result columns
+    present: torch.Tensor  # (B, n_categories) int64, category cell non-empty
+    offsets: np.ndarray  # (B,) first global combination id of each image
+
+
+def _batch(labels: list[_ImageLabels], images: range) -> _Batch:
+    """Stack the compact labels of a batch of images into one indexing problem."""
+    items = [labels[i] for i in images]
+    columns = np.unique(np.concatenate([item.columns for item in items]))
+    offsets = np.concatenate([[0], np.cumsum([len(item.combos) for item in items])])
+    combo_labels = np.zeros((offsets[-1], len(columns)), dtype=np.float64)
+    for item, offset in zip(items, offsets, strict=False):
+        local = np.searchsorted(columns, item.columns)
+        combo_labels[offset : offset + len(item.combos), local] = item.combos
+    return _Batch(
+        images=images,
+        size=items[0].size,
+        combo_labels=torch.from_numpy(combo_labels),
+        columns=columns,
+        present=torch.from_numpy(np.stack([item.present for item in items]).astype(np.int64)),
+        offsets=offsets,
+    )
+
+
+def _combo_ids(labels: list[_ImageLabels], batch: _Batch) -> torch.Tensor:
+    """(B, sh * sw) int64 global combination id of every pixel of the batch's images."""
+    maps = np.stack([labels[i].combo_map for i in batch.images]).astype(np.int64)
+    return torch.from_numpy(maps + batch.offsets[:-1, None])
+
+
+def float32_below(thresholds: np.ndarray) -> np.ndarray:
+    """Largest float32 <= each threshold, so float32 x > it exactly when x > the threshold."""
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    low = thresholds.astype(np.float32)
+    over = low.astype(np.float64) > thresholds
+    low[over] = np.nextafter(low[over], np.float32(-np.inf))
+    return low
+
+
+def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear (align_corners=False) upsampling of (B, C, h, w) maps to size; identity if equal."""
+    if tuple(maps.shape[2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+
+
+def _block_thresholds(maps: np.ndarray, quantile: float) -> np.ndarray:
+    """Exact per-unit numpy.quantile(values, 1 - quantile) of an (N, b, h, w) block, float64.
+
+    Units are spread over torch's thread count (numpy's partition releases the GIL).
+    """
+
+    def one(u: int) -> float:
+        """T_u of unit u of the block."""
+        return float(np.quantile(maps[:, u].astype(np.float64).ravel(), 1.0 - quantile))
+
+    workers = max(1, min(torch.get_num_threads(), maps.shape[1]))
+    if workers == 1:
+        return np.array([one(u) for u in range(maps.shape[1])], dtype=np.float64)
+    with ThreadPoolExecutor(workers) as pool:
+        return np.array(list(pool.map(one, range(maps.shape[1]))), dtype=np.float64)
+
+
+def _unit_slices(n_units: int, unit_block: int) -> list[slice]:
+    """Consecutive unit blocks covering range(n_units)."""
+    if unit_block <= 0:
+        raise ValueError(f"unit_block must be > 0, got {unit_block}")
+    return [slice(s, min(n_units, s + unit_block)) for s in range(0, n_units, unit_block)]
+
+
+def _check_quantile(quantile: float) -> None:
+    """Raise ValueError unless 0 <= quantile <= 1."""
+    if not 0.0 <= quantile <= 1.0:
+        raise ValueError(f"quantile must be in [0, 1], got {quantile}")
+
+
+def unit_thresholds(
+    read_maps: Callable[[slice], np.ndarray],
+    n_units: int,
+    quantile: float = 0.005,
+    unit_block: int = 64,
+) -> np.ndarray:
+    """T_u = numpy.quantile over all N * h * w activations of each unit, one block at a time."""
+    _check_quantile(quantile)
+    blocks = [
+        _block_thresholds(np.asarray(read_maps(s)), quantile)
+        for s in _unit_slices(n_units, unit_block)
+    ]
+    return np.concatenate(blocks) if blocks else np.zeros(0, np.float64)
+
+
+def store_reader(
+    store: ActivationStore, layer: str, broden: Broden | None = None
+) -> Callable[[slice], np.ndarray]:
+    """A read_maps callable over a store layer's maps; with broden, check rows and paths match."""
+    group = store.layer(layer)
+    if "maps" not in group:
+        raise ValueError(f"activation store {store.path} holds no maps for layer {layer!r}")
+    maps = group["maps"]
+    if broden is not None:
+        if maps.shape[0] != len(broden.records):
+            raise ValueError(
+                f"activation store {store.path} has {maps.shape[0]} rows but the Broden set "
+                f"{broden.root} has {len(broden.records)} records"
+            )
+        if "paths" in store.file:
+            paths = [p.decode() if isinstance(p, bytes) else str(p) for p in store.file["paths"]]
+            images = [record.image for record in broden.records]
+            if paths != images:
+                bad = next(k for k, (a, b) in enumerate(zip(paths, images, strict=True)) if a != b)
+                raise ValueError(
+                    f"activation store {store.path} row {bad} is {paths[bad]!r} but the Broden "
+                    f"set {broden.root} record {bad} is {images[bad]!r}"
+                )
+
+    def read(units: slice) -> np.ndarray:
+        """Maps of a block of units over all images, float32 (N, len(units), h, w)."""
+        return np.asarray(maps[:, units], dtype=np.float32)
+
+    return read
+
+
+def _top_images(peak: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and spatial maxima (peak, (N, b)) of each unit's top_k images; ties to lower rows."""
+    scores = peak.T
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
+    return order.astype(np.int64), np.take_along_axis(scores, order, axis=1)
+
+
+#: Relative margin of the exact skip: bilinear outputs are convex combinations of the map, so
+#: they exceed its max by at most a few float32 rounding steps (~1e-7 relative).
+_SKIP_MARGIN = 1e-6
+
+
+@torch.no_grad()
+def concept_iou(
+    read_maps: Callable[[slice], np.ndarray],
+    n_units: int,
+    broden: Broden | ConceptLabels,
+    quantile: float = 0.005,
+    unit_block: int = 64,
+    image_batch: int = 64,
+    top_k: int = 10,
+    progress: Callable[[int, int], None] | None = None,
+) -> ConceptResult:
+    """Network Dissection IoU of every unit with every label of the concept set.
+
+    `read_maps(units)` returns float32 maps (N, len(units), h, w) of all concept images in Broden
+    record order; `broden` may be labels already decoded by concept_labels (to share them between
+    layers); `progress(units_done, n_units)` is called after each unit block. (image, unit) pairs
+    whose map max cannot reach T_u even after rounding are not upsampled (their mask is empty);
+    the others are upsampled together, thresholded, and their mask pixels counted per label
+    combination with one bincount per batch.
+    """
+    _check_quantile(quantile)
+    if image_batch <= 0 or top_k < 0:
+        raise ValueError(f"image_batch must be > 0 and top_k >= 0, got {image_batch}, {top_k}")
+    labels = broden if isinstance(broden, ConceptLabels) else concept_labels(broden)
+    index, n_images = labels.index, len(labels)
+    if not n_images:
+        raise ValueError(f"the Broden set {labels.root} has no images")
+    n_cols, n_cats = len(index.numbers), len(index.category_names)
+    batches = [_batch(labels.images, images) for images in _batches(labels.images, image_batch)]
+
+    intersection = np.zeros((n_units, n_cols), dtype=np.int64)
+    activation = np.zeros((n_units, n_cats), dtype=np.int64)
+    thresholds = np.zeros(n_units, dtype=np.float64)
+    k = min(top_k, n_images)
+    top_images = np.zeros((n_units, k), dtype=np.int64)
+    top_scores = np.zeros((n_units, k), dtype=np.float64)
+    for units in _unit_slices(n_units, unit_block):
+        maps = np.ascontiguousarray(read_maps(units), dtype=np.float32)
+        b = units.stop - units.start
+        if maps.ndim != 4 or maps.shape[:2] != (n_images, b):
+            raise ValueError(
+                f"read_maps returned maps of shape {maps.shape} for units {units.start}:"
+                f"{units.stop}, but the Broden set {labels.root} has {n_images} records "
+                f"(expected ({n_images}, {b}, h, w))"
+            )
+        thresholds[units] = _block_thresholds(maps, quantile)
+        peak = maps.reshape(n_images, b, -1).max(axis=2).astype(np.float64)
+        top_images[units], top_scores[units] = _top_images(peak, k)
+        cut = torch.from_numpy(float32_below(thresholds[units]))
+        reach = peak + np.abs(peak) * _SKIP_MARGIN > thresholds[None, units]
+        block = torch.from_numpy(maps)
+        both = torch.zeros(n_cols, b, dtype=torch.float64)
+        fired = torch.zeros(b, n_cats, dtype=torch.int64)
+        for batch in batches:
+            image, unit = np.nonzero(reach[batch.images.start : batch.images.stop])
+            if not len(image):
+                continue
+            image_t, unit_t = torch.from_numpy(image), torch.from_numpy(unit)
+            up = upsample(block[batch.images.start + image_t, unit_t][:, None], batch.size)
+            mask = up.reshape(len(image), -1) > cut[unit_t][:, None]
+            pair, pixel = mask.nonzero(as_tuple=True)
+            if not len(pair):
+                continue
+            counts = torch.bincount(pair, minlength=len(image))
+            fired.index_add_(0, unit_t, batch.present[image_t] * counts[:, None])
+            if not len(batch.columns):
+                continue
+            combo = _combo_ids(labels.images, batch)[image_t[pair], pixel]
+            per_combo = torch.bincount(
+                combo * b + unit_t[pair], minlength=len(batch.combo_labels) * b
+            )
+            both[batch.columns] += batch.combo_labels.T @ per_combo.view(-1, b).to(torch.float64)
+        intersection[units] = both.T.round().to(torch.int64).numpy()
+        activation[units] = fired.numpy()
+        if progress is not None:
+            progress(units.stop, n_units)
+
+    area = activation[:, index.category_index_of[index.numbers]] + labels.ground_truth[None, :]
+    iou = intersection / (area - intersection + EPSILON)
+    return ConceptResult(
+        iou=iou,
+        label_numbers=index.numbers,
+        label_names=index.names,
+        label_categories=index.categories,
+        categories=index.category_names,
+        thresholds=thresholds,
+        intersection=intersection,
+        activation=activation,
+        ground_truth=labels.ground_truth.copy(),
+        top_images=top_images,
+        top_scores=top_scores,
+        quantile=quantile,
+    )
