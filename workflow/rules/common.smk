@@ -153,6 +153,11 @@ def shard_settings(wildcards):
     return {key: config["ablation"][key] for key in SHARD_KEYS}
 
 
+def concept_settings(wildcards):
+    """The concept keys the IoU script reads (threads go to the scheduler, not the script)."""
+    return {key: value for key, value in config["concepts"].items() if key != "threads"}
+
+
 def concept_source(wildcards):
     """Broden-layout concept directory of a model."""
     return model_entry(wildcards.model).get("concept_set", f"{WORLD_DIR}/broden")

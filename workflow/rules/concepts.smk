@@ -19,6 +19,6 @@ rule concept_iou:
         env_file("torch")
     threads: config["concepts"]["threads"]
     params:
-        concepts=config["concepts"],
+        concepts=concept_settings,
     script:
         script_file("concept_iou.py")
