@@ -97,6 +97,7 @@ class AblationEngine:
         units_per_call: int = 16,
         tie_margin: float = 1e-5,
         memory_budget_bytes: int = 1 << 28,
+        rotation: torch.Tensor | None = None,
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"unknown ablation method {method!r}; expected one of {METHODS}")
@@ -104,6 +105,11 @@ class AblationEngine:
         self.layer = layer
         self.device = device
         self.replacement = replacement
+        self.rotation = None if rotation is None else rotation.to(device, torch.float32)
+        if self.rotation is not None and method == "linear":
+            raise ValueError("rotated directions mix channels: no linear shortcut; use suffix")
+        if self.rotation is not None and method == "auto":
+            method = "suffix_or_hook"
         self.units_per_call = max(1, units_per_call)
         self.tie_margin = tie_margin
         self.memory_budget_bytes = memory_budget_bytes
@@ -115,9 +121,11 @@ class AblationEngine:
                 self.suffix = split_suffix(self.model, layer).to(device)
                 self.head = analyse_head(self.suffix) if method in ("auto", "linear") else None
             except NotACutPoint as error:
-                if method != "auto":
+                if method not in ("auto", "suffix_or_hook"):
                     raise
                 self.why_not_faster = str(error)
+        if method == "suffix_or_hook":
+            method = "suffix" if self.suffix is not None else "hook"
         if method == "linear" and self.head is None:
             raise ValueError(f"layer {layer}: no linear shortcut (no single linear op after it)")
         if method == "auto":
@@ -135,7 +143,8 @@ class AblationEngine:
             kind = "closed form (linear head)" if self.head.tail is None else "linear shortcut"
             return f"{kind} into {type(self.head.linear).__name__}"
         if self.method == "suffix":
-            return "suffix replay (torch.fx)"
+            rotated = " of rotated directions" if self.rotation is not None else ""
+            return f"suffix replay{rotated} (torch.fx)"
         return f"full forward with a replacing hook ({self.why_not_faster or 'requested'})"
 
     def _replacement_for(self, channels: int, like: torch.Tensor) -> torch.Tensor:
@@ -262,7 +271,13 @@ class AblationEngine:
         return self._hook_evaluator(inputs)
 
     def _replace(self, maps: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
-        """(B, C, ...) maps -> (G, B, C, ...) copies with channel group[g] replaced in copy g."""
+        """(B, C, ...) maps -> (G, B, C, ...) copies with unit group[g] replaced in copy g.
+
+        In a rotated basis, unit j is the direction r_j: a' = a - r_j (z_j - v_j) with
+        z_j = r_j . a and v_j the replacement (0, or the mean of z_j).
+        """
+        if self.rotation is not None:
+            return self._replace_direction(maps, group)
         channels = maps.shape[1]
         values = self._replacement_for(channels, maps)
         copies = maps.unsqueeze(0).repeat(len(group), *([1] * maps.dim()))
@@ -270,6 +285,16 @@ class AblationEngine:
         group = group.to(maps.device)
         copies[index, :, group] = values[group].view(-1, 1, *([1] * (maps.dim() - 2)))
         return copies
+
+    def _replace_direction(self, maps: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+        directions = self.rotation[group.to(self.rotation.device)].to(maps.dtype)  # (G, C)
+        values = self._replacement_for(maps.shape[1], maps)[group.to(maps.device)]
+        coordinates = torch.einsum("gc,bc...->gb...", directions, maps)  # (G, B, ...)
+        shift = coordinates - values.view(-1, *([1] * (coordinates.dim() - 1)))
+        spread = directions.view(
+            *directions.shape[:1], 1, directions.shape[1], *([1] * (maps.dim() - 2))
+        )
+        return maps.unsqueeze(0) - spread * shift.unsqueeze(2)
 
     def _replay_evaluator(self, maps: torch.Tensor, suffix: nn.Module) -> Callable:
         def evaluate(group: torch.Tensor | None) -> torch.Tensor:
