@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -150,6 +151,20 @@ def test_tiny_run_writes_drop_tables(tiny_run: Path) -> None:
                 assert handle["top_images"].shape == (8, min(10, config["world"]["concept_images"]))
 
 
+def test_rotated_basis_drops(tiny_run: Path) -> None:
+    """The rotation control writes the same drop tables for basis rot<seed>, from other numbers."""
+    config = yaml.safe_load(TINY.read_text())
+    for variant in VARIANTS:
+        for layer in config["layers"]:
+            unit = pd.read_csv(tiny_run / "results" / variant / layer / "unit" / "drops.csv")
+            rotated = pd.read_csv(tiny_run / "results" / variant / layer / "rot7" / "drops.csv")
+            assert list(rotated.columns) == list(unit.columns)
+            assert rotated["unit"].tolist() == list(range(8))
+            log = tiny_run / "results/logs/ablate_shard" / variant / layer / "rot7" / "0000.log"
+            assert "rotated directions" in log.read_text()
+    assert not (tiny_run / "results" / "plain" / layer / "rot7" / "attributes.csv").exists()
+
+
 def test_pipeline_drops_equal_a_full_forward_with_a_zeroing_hook(tiny_run: Path) -> None:
     """Exactness on the trained tiny models, end to end: the shards' per-class counts equal
     those of the whole network run with a hook that zeroes the unit."""
@@ -197,8 +212,10 @@ def test_shard_size_does_not_change_results(tiny_run: Path, tmp_path: Path) -> N
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for variant in VARIANTS:
         for layer in config["layers"]:
-            for table in ("drops.csv", "class_drops.csv"):
-                relative = Path("results", variant, layer, "unit", table)
+            for basis, table in itertools.product(
+                ("unit", "rot7"), ("drops.csv", "class_drops.csv")
+            ):
+                relative = Path("results", variant, layer, basis, table)
                 assert (workdir / relative).read_bytes() == (tiny_run / relative).read_bytes()
             shards = sorted(p.name for p in (workdir / relative.parent / "shards").iterdir())
             assert shards[-3:] == ["0000.h5", "0001.h5", "0002.h5"]

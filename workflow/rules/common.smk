@@ -17,7 +17,8 @@ validate(config, "../schemas/config.schema.yaml")
 WORLD_DIR = "results/world"
 TRAINED_ARCH = "tinyalex"
 SPLITS = ("eval", "concept")
-BASES = ("unit",)
+ROTATED_BASES = tuple(f"rot{seed}" for seed in config["rotation"]["seeds"])
+BASES = ("unit", *ROTATED_BASES)
 SHARD_KEYS = ("mode", "method", "units_per_call", "batch_size", "tie_margin")
 
 
@@ -168,14 +169,18 @@ def eval_images(wildcards):
     return model_entry(wildcards.model).get("eval_images", f"{WORLD_DIR}/val")
 
 
+UNIT_TABLES = ("drops.csv", "class_drops.csv", "attributes.csv", "concepts.csv")
+ROTATED_TABLES = ("drops.csv", "class_drops.csv")  # attributes and IoU in rotated bases: next
+
+
 def drop_outputs(name):
-    """Merged ablation tables of every layer and basis of one model."""
-    return [
-        f"results/{name}/{layer}/{basis}/{table}"
-        for layer in model_layers(name)
-        for basis in BASES
-        for table in ("drops.csv", "class_drops.csv", "attributes.csv", "concepts.csv")
-    ]
+    """Per-layer tables of one model: all in the unit basis, drops in rotated bases."""
+    outputs = []
+    for layer in model_layers(name):
+        outputs.extend(f"results/{name}/{layer}/unit/{table}" for table in UNIT_TABLES)
+        for basis in ROTATED_BASES:
+            outputs.extend(f"results/{name}/{layer}/{basis}/{table}" for table in ROTATED_TABLES)
+    return outputs
 
 
 def all_outputs():

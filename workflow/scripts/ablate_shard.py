@@ -19,6 +19,7 @@ from unitablation.images import ImageFolderSet, default_preprocess  # noqa: E402
 from unitablation.lease import gpu_lease  # noqa: E402
 from unitablation.logs import logged_to, progress_options  # noqa: E402
 from unitablation.models import load_configured_model  # noqa: E402
+from unitablation.rotation import haar_rotation, parse_basis  # noqa: E402
 from unitablation.shard_store import save_counts  # noqa: E402
 from unitablation.store import ActivationStore  # noqa: E402
 
@@ -44,17 +45,20 @@ def main(
     threads: int,
 ) -> None:
     """Run the engine on the shard's units and save the per-class counts."""
-    if basis != "unit":
-        raise ValueError(f"basis {basis!r} is not supported yet (only 'unit')")
+    seed = parse_basis(basis)
     torch.set_num_threads(threads)
     use_full_float32()
     with gpu_lease(device_name) as lease, ActivationStore(store_path) as store:
         print(f"device: {lease.description}", file=sys.stderr)
         model, _, classes = load_configured_model(model_entry, weights, lease.device, store.classes)
         labels = store.labels()
+        channel_means = torch.from_numpy(store.layer(layer)["mean"][:].mean(axis=0))
+        rotation = None
+        if seed is not None:
+            rotation = torch.from_numpy(haar_rotation(len(channel_means), seed)).float()
         replacement = None
-        if ablation["mode"] == "mean":
-            replacement = torch.from_numpy(store.layer(layer)["mean"][:].mean(axis=0))
+        if ablation["mode"] == "mean":  # the mean of each unit's (or direction's) coordinate
+            replacement = channel_means if rotation is None else rotation @ channel_means
         engine = AblationEngine(
             model,
             layer,
@@ -63,6 +67,7 @@ def main(
             method=ablation["method"],
             units_per_call=ablation["units_per_call"],
             tie_margin=ablation["tie_margin"],
+            rotation=rotation,
         )
         print(
             f"{model_name} {layer} units {units[0]}..{units[-1]} ({len(units)}), "
