@@ -297,6 +297,8 @@ def test_torchvision_model_from_local_weights(tmp_path: Path) -> None:
             "preprocess": {"resize": None, "crop": None},
         }
     }
+    config["ablation"]["shard_size"] = 512  # one shard per layer: this test is about the model
+    config["rotation"]["seeds"] = []
     path = tmp_path / "resnet.yaml"
     path.write_text(yaml.safe_dump(config))
     result = snakemake(tmp_path, "--cores", "2", config=path)
