@@ -183,8 +183,9 @@ class AblationEngine:
             labels = labels.to(self.device, torch.int64)
             one_hot = F.one_hot(labels, num_classes).to(torch.float64)
             sizes += one_hot.sum(0)
-            for start in range(0, len(inputs), self._image_chunk(inputs)):
-                chunk = inputs[start : start + self._image_chunk(inputs)]
+            step = self._image_chunk(inputs)
+            for start in range(0, len(inputs), step):
+                chunk = inputs[start : start + step]
                 hot = one_hot[start : start + len(chunk)]
                 target = labels[start : start + len(chunk)]
                 evaluate = self._evaluator(chunk)
