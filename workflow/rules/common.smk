@@ -169,27 +169,103 @@ def eval_images(wildcards):
     return model_entry(wildcards.model).get("eval_images", f"{WORLD_DIR}/val")
 
 
-UNIT_TABLES = ("drops.csv", "class_drops.csv", "attributes.csv", "concepts.csv")
-ROTATED_TABLES = ("drops.csv", "class_drops.csv")  # attributes and IoU in rotated bases: next
+def figure_settings(wildcards):
+    """The figure keys a figure script reads."""
+    return dict(config["figures"])
 
 
-def drop_outputs(name):
-    """Per-layer tables of one model: all in the unit basis, drops in rotated bases."""
-    outputs = []
-    for layer in model_layers(name):
-        outputs.extend(f"results/{name}/{layer}/unit/{table}" for table in UNIT_TABLES)
-        for basis in ROTATED_BASES:
-            outputs.extend(f"results/{name}/{layer}/{basis}/{table}" for table in ROTATED_TABLES)
-    return outputs
+def analysis_settings(wildcards):
+    """The statistics keys the per-layer analysis reads."""
+    return dict(config["analysis"])
+
+
+def cumulative_settings(wildcards):
+    """The cumulative-ablation keys its script reads (threads go to the scheduler)."""
+    settings = {k: v for k, v in config["cumulative"].items() if k != "threads"}
+    settings["mode"] = config["ablation"]["mode"]
+    return settings
+
+
+#: Per-(model, layer, basis) outputs, in every basis: drops, attributes, concepts and statistics.
+LAYER_TABLES = (
+    "drops.csv",
+    "class_drops.csv",
+    "attributes.csv",
+    "concepts.csv",
+    "units.csv",
+    "correlations.csv",
+    "class_prediction.csv",
+)
+
+
+def layer_keys():
+    """Every studied (model, layer, basis), config order."""
+    return [
+        (name, layer, basis)
+        for name in model_names()
+        for layer in model_layers(name)
+        for basis in BASES
+    ]
+
+
+def layer_tables(table):
+    """One per-layer table of every (model, layer, basis)."""
+    return [f"results/{m}/{l}/{b}/{table}" for m, l, b in layer_keys()]
+
+
+def comparison_units(wildcards):
+    """units.csv of every (model, layer, basis)."""
+    return layer_tables("units.csv")
+
+
+def comparison_correlations(wildcards):
+    """correlations.csv of every (model, layer, basis)."""
+    return layer_tables("correlations.csv")
+
+
+def comparison_predictions(wildcards):
+    """class_prediction.csv of every (model, layer, basis)."""
+    return layer_tables("class_prediction.csv")
+
+
+def baselines(wildcards):
+    """baseline.csv of every model, config order."""
+    return [f"results/{name}/baseline.csv" for name in model_names()]
+
+
+def cumulative_tables(wildcards):
+    """cumulative.csv of every (model, layer), unit basis."""
+    return [
+        f"results/{name}/{layer}/unit/cumulative.csv"
+        for name in model_names()
+        for layer in model_layers(name)
+    ]
+
+
+def figure_outputs():
+    """Every figure, PNG and PDF."""
+    stems = ["results/figures/comparison/variants"]
+    for name in model_names():
+        for kind in ("correlations", "class_prediction", "rotation", "cumulative"):
+            stems.append(f"results/figures/{name}/{kind}")
+        for layer in model_layers(name):
+            for kind in ("drops", "examples", "attributes"):
+                stems.append(f"results/figures/{name}/{layer}/{kind}")
+    return [f"{stem}.{suffix}" for stem in stems for suffix in ("png", "pdf")]
 
 
 def all_outputs():
-    """Final targets of the pipeline so far."""
+    """Final targets: per-layer tables in every basis, comparisons, figures and the summary."""
     outputs = []
     for name in model_names():
         outputs.append(f"results/{name}/baseline.csv")
         outputs.extend(f"results/{name}/activations/{split}.h5" for split in SPLITS)
-        outputs.extend(drop_outputs(name))
+    for table in LAYER_TABLES:
+        outputs.extend(layer_tables(table))
+    outputs.extend(cumulative_tables(None))
+    outputs.extend(["results/comparison/variants.csv", "results/comparison/rotation.csv"])
+    outputs.extend(figure_outputs())
+    outputs.append("results/summary.md")
     return outputs
 
 

@@ -12,8 +12,14 @@ import h5py  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from unitablation.broden import read_broden  # noqa: E402
-from unitablation.concepts import concept_iou, store_reader  # noqa: E402
+from unitablation.concepts import (  # noqa: E402
+    concept_classes,
+    concept_iou,
+    concept_labels,
+    store_reader,
+)
 from unitablation.logs import logged_to, progress_options  # noqa: E402
+from unitablation.rotation import haar_rotation, parse_basis  # noqa: E402
 from unitablation.store import ActivationStore, atomic_path  # noqa: E402
 
 
@@ -27,16 +33,18 @@ def main(
     concepts: Mapping[str, Any],
 ) -> None:
     """Thresholds, masks and IoU for all units x all labels; one row per unit in the table."""
-    if basis != "unit":
-        raise ValueError(f"basis {basis!r} is not supported yet (only 'unit')")
+    seed = parse_basis(basis)
     broden = read_broden(broden_dir)
+    labels = concept_labels(broden)
     with ActivationStore(store_path) as store:
+        classes = store.classes
         n_units = store.layer(layer)["mean"].shape[1]
+        rotation = None if seed is None else haar_rotation(n_units, seed)
         bar = tqdm(total=n_units, unit="unit", **progress_options(f"{layer} units"))
         result = concept_iou(
-            store_reader(store, layer, broden),
+            store_reader(store, layer, broden, rotation),
             n_units,
-            broden,
+            labels,
             quantile=concepts["quantile"],
             unit_block=concepts["unit_block"],
             image_batch=concepts["image_batch"],
@@ -45,6 +53,7 @@ def main(
         )
         bar.close()
     table = result.table(concepts["iou_threshold"])
+    table.insert(4, "concept_class", concept_classes(labels, result.best()[0], classes))
     print(
         f"{n_units} units, {len(result.label_numbers)} labels; detectors (IoU >= "
         f"{concepts['iou_threshold']}): {int(table['is_detector'].sum())}",

@@ -9,6 +9,7 @@ if "snakemake" in globals():  # make the library importable inside any rule envi
     sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 
 import h5py  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from unitablation.attributes import (  # noqa: E402
@@ -16,13 +17,17 @@ from unitablation.attributes import (  # noqa: E402
     attribute_table,
     find_producer,
     incoming_l1,
+    outgoing_class,
     outgoing_l1,
+    rotated_summaries,
 )
 from unitablation.logs import logged_to  # noqa: E402
 from unitablation.models import load_configured_model  # noqa: E402
+from unitablation.rotation import haar_rotation, parse_basis  # noqa: E402
 from unitablation.store import ActivationStore, atomic_path  # noqa: E402
 
 ROWS_PER_READ = 4096
+MAPS_PER_READ = 256
 
 
 def stored_rows(store: ActivationStore, layer: str):
@@ -38,6 +43,14 @@ def stored_rows(store: ActivationStore, layer: str):
         )
 
 
+def rotated_rows(store: ActivationStore, layer: str, rotation: np.ndarray):
+    """Yield the same row batches for rotated units, computed from the stored maps."""
+    for start, maps in store.iter_maps(layer, MAPS_PER_READ):
+        rows = slice(start, start + len(maps))
+        means, maxima = rotated_summaries(maps, rotation)
+        yield means, maxima, store.file["labels"][rows], store.file["logits"][rows]
+
+
 def main(
     store_path: str,
     weights: str,
@@ -48,19 +61,25 @@ def main(
     model_entry: Mapping[str, Any],
 ) -> None:
     """Weights from the checkpoint, activations streamed from the eval store."""
-    if basis != "unit":
-        raise ValueError(f"basis {basis!r} is not supported yet (only 'unit')")
+    seed = parse_basis(basis)
     with ActivationStore(store_path) as store:
         classes = store.classes
         channels = store.layer(layer)["mean"].shape[1]
+        rotation = None if seed is None else haar_rotation(channels, seed)
         model, _, _ = load_configured_model(model_entry, weights, torch.device("cpu"), classes)
         producer = find_producer(model, layer)
         if producer.op is None:
             print(f"l1_in undefined for {layer}: {producer.reason}", file=sys.stderr)
-        l1_in, l1_in_bn = incoming_l1(producer, channels)
-        l1_out = outgoing_l1(model, layer, channels)
-        stats = accumulate(stored_rows(store, layer), len(classes))
-    table, class_means, correlation = attribute_table(stats, classes, l1_in, l1_in_bn, l1_out)
+        l1_in, l1_in_bn = incoming_l1(producer, channels, rotation)
+        l1_out = outgoing_l1(model, layer, channels, rotation)
+        out_class = outgoing_class(model, layer, channels, rotation)
+        rows = (
+            stored_rows(store, layer) if rotation is None else rotated_rows(store, layer, rotation)
+        )
+        stats = accumulate(rows, len(classes))
+    table, class_means, correlation = attribute_table(
+        stats, classes, l1_in, l1_in_bn, l1_out, out_class
+    )
     excluded = int(table["class_correlation"].isna().sum())
     print(
         f"{channels} units; correlation undefined (constant activation) for {excluded}",

@@ -63,39 +63,101 @@ def find_producer(model: nn.Module, layer: str) -> Producer:
     return Producer(None, None, f"no conv or linear op before {layer} in its Sequential")
 
 
+def _rotated(weight: torch.Tensor, rotation: np.ndarray | None) -> torch.Tensor:
+    """Weights of the rotated units: row j = sum_k r_jk * row k (rows = the layer's channels)."""
+    if rotation is None:
+        return weight
+    matrix = torch.from_numpy(np.asarray(rotation, dtype=np.float64))
+    return (matrix @ weight.flatten(1)).view(weight.shape)
+
+
 @torch.no_grad()
-def incoming_l1(producer: Producer, channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sum of |weights| of the filter making each unit (bias excluded), and the same times the
-    batch-norm scale |gamma / sqrt(var + eps)| when a batch norm follows (else unchanged)."""
+def incoming_l1(
+    producer: Producer, channels: int, rotation: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sum of |weights| of the filter making each unit (bias excluded), and the same with the
+    batch-norm scale gamma / sqrt(var + eps) folded into the filter when a batch norm follows.
+
+    With a rotation R the filter of direction j is sum_k r_jk W_k (SCIENCE.md, rotation control).
+    """
     if producer.op is None:
         return np.full(channels, np.nan), np.full(channels, np.nan)
     weight = producer.op.weight.detach().double()
-    l1 = weight.abs().flatten(1).sum(1)
-    if len(l1) != channels:
-        raise ValueError(f"producer has {len(l1)} output channels, layer has {channels}")
-    folded = l1.clone()
+    if len(weight) != channels:
+        raise ValueError(f"producer has {len(weight)} output channels, layer has {channels}")
+    folded = weight
     norm = producer.batchnorm
     if norm is not None:
-        scale = norm.weight.detach().double() if norm.affine else torch.ones_like(l1)
-        folded = l1 * (scale / torch.sqrt(norm.running_var.double() + norm.eps)).abs()
-    return l1.numpy(), folded.numpy()
+        scale = norm.weight.detach().double() if norm.affine else torch.ones(channels).double()
+        scale = scale / torch.sqrt(norm.running_var.double() + norm.eps)
+        folded = weight * scale.view(-1, *([1] * (weight.dim() - 1)))
+    l1 = _rotated(weight, rotation).abs().flatten(1).sum(1)
+    l1_folded = _rotated(folded, rotation).abs().flatten(1).sum(1)
+    return l1.numpy(), l1_folded.numpy()
 
 
-@torch.no_grad()
-def outgoing_l1(model: nn.Module, layer: str, channels: int) -> np.ndarray:
-    """Sum of |weights| of the next parametrised op that reads each channel (NaN if not unique)."""
+def _consumer_weight(model: nn.Module, layer: str, channels: int) -> tuple[torch.Tensor, bool]:
+    """(O, C, s) weights of the one op reading the layer, and whether they give the logits."""
     try:
         head = analyse_head(split_suffix(model, layer))
     except NotACutPoint:
         head = None
     if head is None:
-        return np.full(channels, np.nan)
-    weight = head.linear.weight.detach().double().abs()
+        raise LookupError(f"no single linear or conv op reads {layer}")
+    weight = head.linear.weight.detach().double()
     if isinstance(head.linear, nn.Linear):
         if weight.shape[1] % channels:
-            return np.full(channels, np.nan)
-        return weight.view(weight.shape[0], channels, -1).sum((0, 2)).numpy()
-    return weight.sum((0, 2, 3)).numpy()
+            raise LookupError(f"{weight.shape[1]} inputs of the op after {layer} are no blocks")
+        weight = weight.view(weight.shape[0], channels, -1)
+    else:
+        weight = weight.flatten(2)
+    return weight, head.tail is None
+
+
+def _rotated_inputs(weight: torch.Tensor, rotation: np.ndarray | None) -> torch.Tensor:
+    """Consumer weights read by the rotated coordinates: W_rot[o, j] = sum_k W[o, k] r_jk."""
+    if rotation is None:
+        return weight
+    matrix = torch.from_numpy(np.asarray(rotation, dtype=np.float64))
+    return torch.einsum("oks,jk->ojs", weight, matrix)
+
+
+@torch.no_grad()
+def outgoing_l1(
+    model: nn.Module, layer: str, channels: int, rotation: np.ndarray | None = None
+) -> np.ndarray:
+    """Sum of |weights| of the next parametrised op that reads each channel (NaN if not unique)."""
+    try:
+        weight, _ = _consumer_weight(model, layer, channels)
+    except LookupError:
+        return np.full(channels, np.nan)
+    return _rotated_inputs(weight, rotation).abs().sum((0, 2)).numpy()
+
+
+@torch.no_grad()
+def outgoing_class(
+    model: nn.Module, layer: str, channels: int, rotation: np.ndarray | None = None
+) -> np.ndarray:
+    """Class whose logit a unit's outgoing weight raises most, where the head after the layer is
+    linear (one op, then the logits); -1 elsewhere."""
+    try:
+        weight, linear_head = _consumer_weight(model, layer, channels)
+    except LookupError:
+        return np.full(channels, -1)
+    if not linear_head or weight.shape[2] != 1:
+        return np.full(channels, -1)
+    return _rotated_inputs(weight, rotation)[:, :, 0].argmax(0).numpy()
+
+
+def rotated_summaries(maps: np.ndarray, rotation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Spatial means of max(z_j, 0) and spatial maxima of z_j for a batch of (B, C, h, w) maps.
+
+    z_j = r_j . a at every position: the rotated units' maps. Rectified as SCIENCE.md says, so
+    activation-based attributes of a rotated unit read a non-negative map like a ReLU unit's.
+    """
+    z = np.einsum("jc,bc...->bj...", np.asarray(rotation, np.float64), maps.astype(np.float64))
+    flat = z.reshape(z.shape[0], z.shape[1], -1)
+    return np.maximum(flat, 0.0).mean(axis=2), flat.max(axis=2)
 
 
 @dataclass
@@ -201,6 +263,7 @@ def attribute_table(
     l1_in: np.ndarray,
     l1_in_bn: np.ndarray,
     l1_out: np.ndarray,
+    out_class: np.ndarray | None = None,
 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """attributes.csv rows (one per unit), plus the (C, K) class means and correlations."""
     mu = class_means(stats)
@@ -211,12 +274,15 @@ def attribute_table(
     with np.errstate(invalid="ignore"):
         best_rho = np.where(undefined, np.nan, np.nanmax(np.where(undefined[:, None], 0, rho), 1))
     mean = stats.sum_a / stats.count
+    if out_class is None:
+        out_class = np.full(len(mean), -1)
     table = pd.DataFrame(
         {
             "unit": np.arange(len(mean)),
             "l1_in": l1_in,
             "l1_in_bn": l1_in_bn,
             "l1_out": l1_out,
+            "outgoing_class": [classes[k] if k >= 0 else "" for k in out_class],
             "selectivity": si,
             "selective_class": [classes[k] for k in selective],
             "class_correlation": best_rho,

@@ -27,7 +27,7 @@ the batch's masks per combination and one small matrix product per batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from unitablation.broden import Broden
+from unitablation.rotation import rotate
 from unitablation.store import ActivationStore
 
 #: Added to IoU denominators, as in NetDissect.
@@ -315,9 +316,17 @@ def unit_thresholds(
 
 
 def store_reader(
-    store: ActivationStore, layer: str, broden: Broden | None = None
+    store: ActivationStore,
+    layer: str,
+    broden: Broden | None = None,
+    rotation: np.ndarray | None = None,
+    rows_per_read: int = 256,
 ) -> Callable[[slice], np.ndarray]:
-    """A read_maps callable over a store layer's maps; with broden, check rows and paths match."""
+    """A read_maps callable over a store layer's maps; with broden, check rows and paths match.
+
+    With a rotation R (C, C) it returns the rotated units' maps z_j = r_j . a (every channel is
+    read, `rows_per_read` images at a time, so memory stays bounded).
+    """
     group = store.layer(layer)
     if "maps" not in group:
         raise ValueError(f"activation store {store.path} holds no maps for layer {layer!r}")
@@ -337,12 +346,51 @@ def store_reader(
                     f"activation store {store.path} row {bad} is {paths[bad]!r} but the Broden "
                     f"set {broden.root} record {bad} is {images[bad]!r}"
                 )
+    if rotation is not None and np.shape(rotation) != (maps.shape[1],) * 2:
+        raise ValueError(f"rotation {np.shape(rotation)} does not fit {maps.shape[1]} channels")
 
     def read(units: slice) -> np.ndarray:
         """Maps of a block of units over all images, float32 (N, len(units), h, w)."""
-        return np.asarray(maps[:, units], dtype=np.float32)
+        if rotation is None:
+            return np.asarray(maps[:, units], dtype=np.float32)
+        directions = torch.from_numpy(np.asarray(rotation[units], dtype=np.float32))
+        out = np.empty((maps.shape[0], len(directions), *maps.shape[2:]), dtype=np.float32)
+        for start in range(0, maps.shape[0], rows_per_read):
+            block = torch.from_numpy(np.asarray(maps[start : start + rows_per_read], np.float32))
+            out[start : start + len(block)] = rotate(block, directions).numpy()
+        return out
 
     return read
+
+
+def concept_classes(
+    labels: ConceptLabels, concepts: np.ndarray, classes: Sequence[str]
+) -> list[str]:
+    """The concept-implied class of each unit: the class whose images most often carry its concept.
+
+    `concepts` holds result columns (one per unit). A class counts when the concept set has a
+    label of the same name (in the default world, and partly in Broden with Places365, scene
+    labels are the classes); an image "carries" a label when any of its pixels (or the image, for
+    image-level labels) has it. Ties go to the lower class index; no usable class gives "".
+    """
+    present = np.zeros((len(labels), len(labels.index.numbers)), dtype=bool)
+    for row, item in enumerate(labels.images):
+        present[row, item.columns] = True
+    name_to_column = {name: k for k, name in enumerate(labels.index.names)}
+    class_columns = [(k, name_to_column.get(name, -1)) for k, name in enumerate(classes)]
+    usable = [
+        (k, column) for k, column in class_columns if column >= 0 and present[:, column].any()
+    ]
+    if not usable:
+        return [""] * len(concepts)
+    rate = np.stack(  # (L, n_usable) fraction of each class's images carrying each label
+        [present[present[:, column]].mean(axis=0) for _, column in usable], axis=1
+    )
+    result = []
+    for column in concepts:
+        rates = rate[column]
+        result.append(classes[usable[int(np.argmax(rates))][0]] if rates.max() > 0 else "")
+    return result
 
 
 def _top_images(peak: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,65 @@
+"""Rule adapter: results/comparison/{variants,rotation}.csv, all (model, layer, basis) rows."""
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+if "snakemake" in globals():  # make the library importable inside any rule environment
+    sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
+
+import pandas as pd  # noqa: E402
+
+from unitablation.logs import logged_to  # noqa: E402
+from unitablation.store import atomic_path  # noqa: E402
+from unitablation.tables import comparison_row, comparison_table, overall_accuracy  # noqa: E402
+
+
+def main(
+    units: Sequence[str],
+    correlations: Sequence[str],
+    predictions: Sequence[str],
+    baselines: Sequence[str],
+    models: Sequence[str],
+    variants_out: str,
+    rotation_out: str,
+) -> None:
+    """One row per (model, layer, basis); variants.csv keeps the unit basis, rotation.csv all."""
+    accuracy = {
+        model: overall_accuracy(pd.read_csv(path))
+        for model, path in zip(models, baselines, strict=True)
+    }
+    rows = []
+    for unit_path, correlation_path, prediction_path in zip(
+        units, correlations, predictions, strict=True
+    ):
+        table = pd.read_csv(unit_path)
+        identity = table.iloc[0][["model", "layer", "basis"]].to_dict()
+        rows.append(
+            comparison_row(
+                table,
+                pd.read_csv(correlation_path),
+                pd.read_csv(prediction_path),
+                accuracy[identity["model"]],
+                identity,
+            )
+        )
+    everything = comparison_table(rows)
+    variants = everything[everything["basis"] == "unit"]
+    print(variants.iloc[:, :12].to_string(index=False), file=sys.stderr)
+    with atomic_path(variants_out) as temporary:
+        variants.to_csv(temporary, index=False, float_format="%.6g")
+    with atomic_path(rotation_out) as temporary:
+        everything.to_csv(temporary, index=False, float_format="%.6g")
+
+
+if "snakemake" in globals():
+    with logged_to(snakemake.log[0]):  # noqa: F821
+        main(
+            snakemake.input.units,  # noqa: F821
+            snakemake.input.correlations,  # noqa: F821
+            snakemake.input.class_prediction,  # noqa: F821
+            snakemake.input.baselines,  # noqa: F821
+            snakemake.params.models,  # noqa: F821
+            snakemake.output.variants,  # noqa: F821
+            snakemake.output.rotation,  # noqa: F821
+        )

@@ -1,0 +1,56 @@
+"""Rule adapter: units.csv, one row per unit with its drops, attributes and concepts joined."""
+
+import sys
+from pathlib import Path
+
+if "snakemake" in globals():  # make the library importable inside any rule environment
+    sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
+
+import h5py  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from unitablation.logs import logged_to  # noqa: E402
+from unitablation.store import atomic_path  # noqa: E402
+from unitablation.tables import unit_table  # noqa: E402
+
+
+def main(
+    drops: str,
+    class_drops: str,
+    prob_drops: str,
+    attributes: str,
+    concepts: str,
+    table_out: str,
+    model: str,
+    layer: str,
+    basis: str,
+) -> None:
+    """Read the four per-unit tables and the probability drops; write the joined table."""
+    with h5py.File(prob_drops, "r") as handle:
+        class_prob_drops = handle["class_prob_drops"][:]
+    table = unit_table(
+        pd.read_csv(drops),
+        pd.read_csv(class_drops),
+        class_prob_drops,
+        pd.read_csv(attributes),
+        pd.read_csv(concepts),
+        {"model": model, "layer": layer, "basis": basis},
+    )
+    print(f"{len(table)} units, {len(table.columns)} columns", file=sys.stderr)
+    with atomic_path(table_out) as temporary:
+        table.to_csv(temporary, index=False, float_format="%.8g")
+
+
+if "snakemake" in globals():
+    with logged_to(snakemake.log[0]):  # noqa: F821
+        main(
+            snakemake.input.drops,  # noqa: F821
+            snakemake.input.class_drops,  # noqa: F821
+            snakemake.input.prob_drops,  # noqa: F821
+            snakemake.input.attributes,  # noqa: F821
+            snakemake.input.concepts,  # noqa: F821
+            snakemake.output.table,  # noqa: F821
+            snakemake.wildcards.model,  # noqa: F821
+            snakemake.wildcards.layer,  # noqa: F821
+            snakemake.wildcards.basis,  # noqa: F821
+        )

@@ -1,0 +1,216 @@
+"""results/summary.md: RQ1 to RQ4 (and cumulative ablation) answered from the comparison tables.
+
+Every number printed is a cell of results/comparison/variants.csv or rotation.csv, or a median
+over classes of a cumulative.csv; sentences that judge (e.g. "mostly a few classes") are chosen by
+the numbers, so the text says whatever the tables say.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+#: Attributes named in the RQ2 paragraph, with how the text calls them.
+ATTRIBUTE_NAMES = {
+    "l1_in": "incoming L1 norm",
+    "selectivity": "class selectivity",
+    "class_correlation": "class correlation",
+    "iou": "concept IoU",
+}
+CLASS_ATTRIBUTE_NAMES = {
+    "selective_class": "selective class",
+    "correlated_class": "correlated class",
+    "outgoing_class": "outgoing-weight class",
+    "concept_class": "concept-implied class",
+}
+#: The k reported from the cumulative ablation (or the largest k below it).
+CUMULATIVE_K = 4
+
+
+def number(value: float, digits: int = 2) -> str:
+    """A table value as printed in the summary ('n/a' for NaN)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def focus_rows(variants: pd.DataFrame) -> pd.DataFrame:
+    """Each model's deepest studied layer: its last row in variants.csv (config order)."""
+    return variants.groupby("model", sort=False).tail(1)
+
+
+def rq1(variants: pd.DataFrame) -> str:
+    """Overall versus per-class drops, per training variant."""
+    sentences = []
+    ratios = []
+    for model, rows in variants.groupby("model", sort=False):
+        overall = rows.loc[rows["overall_drop_max"].idxmax()]
+        per_class = rows.loc[rows["max_class_drop_max"].idxmax()]
+        hurt = [c for c in rows.columns if c.startswith("units_hurting_a_class_")][0]
+        threshold = hurt.rsplit("_", 1)[1]
+        sentences.append(
+            f"In `{model}` no single unit lowered overall accuracy by more than "
+            f"{number(overall['overall_drop_max'])} points (largest in {overall['layer']}; "
+            f"mean there {number(overall['overall_drop_mean'])}), while the largest drop of one "
+            f"class was {number(per_class['max_class_drop_max'], 1)} points (in "
+            f"{per_class['layer']}, where {int(per_class[hurt])} of {int(per_class['n_units'])} "
+            f"units hurt some class by at least {threshold} points)."
+        )
+        ratios.append(per_class["max_class_drop_max"] / max(overall["overall_drop_max"], 1e-9))
+    verdict = (
+        "Removing one unit hurts mostly a few classes: the worst class drop is many times the "
+        "worst overall drop in every variant."
+        if min(ratios) >= 3
+        else "The worst class drop is not much larger than the worst overall drop in at least "
+        "one variant, so here single units do not mainly hurt a few classes."
+    )
+    return "**RQ1. One unit: overall or a few classes?** " + " ".join(sentences) + " " + verdict
+
+
+def rq2(variants: pd.DataFrame) -> str:
+    """Which attributes predict overall and per-class importance (Spearman), and class hits."""
+    sentences = []
+    for row in focus_rows(variants).itertuples(index=False):
+        row = row._asdict()
+        parts = []
+        for target, label in (
+            ("overall_drop", "overall drop"),
+            ("max_class_drop", "max class drop"),
+        ):
+            values = {
+                name: row.get(f"spearman_{attr}_{target}", np.nan)
+                for attr, name in ATTRIBUTE_NAMES.items()
+            }
+            listed = ", ".join(f"{name} {number(v)}" for name, v in values.items())
+            parts.append(f"with the {label}: {listed}")
+        hits = []
+        for attr, name in CLASS_ATTRIBUTE_NAMES.items():
+            value = row.get(f"top1_{attr}", np.nan)
+            if not np.isnan(value):
+                hits.append(f"{name} {number(100 * value, 1)}%")
+        chance = row.get("chance_top1", np.nan)
+        hit_text = (
+            f" The unit's most-hurt class equals its {', '.join(hits)} of the time "
+            f"(chance {number(100 * chance, 1)}%)."
+            if hits
+            else ""
+        )
+        sentences.append(
+            f"In `{row['model']}` {row['layer']}, Spearman rho over units "
+            + "; ".join(parts)
+            + "."
+            + hit_text
+        )
+    return "**RQ2. Which attributes predict importance?** " + " ".join(sentences)
+
+
+def rq3(variants: pd.DataFrame) -> str:
+    """Training variants side by side at their deepest layer."""
+    sentences = []
+    for row in focus_rows(variants).itertuples(index=False):
+        sentences.append(
+            f"`{row.model}` (top-1 {number(row.baseline_accuracy, 1)}%): mean max class drop "
+            f"{number(row.max_class_drop_mean)} points, mean overall drop "
+            f"{number(row.overall_drop_mean, 3)}, mean selectivity "
+            f"{number(row.selectivity_mean)}, {int(row.n_detectors)} of {int(row.n_units)} units "
+            f"concept detectors, rho(selectivity, max class drop) "
+            f"{number(getattr(row, 'spearman_selectivity_max_class_drop', np.nan))}."
+        )
+    layers = ", ".join(sorted(set(focus_rows(variants)["layer"])))
+    return f"**RQ3. Batch norm and dropout.** At the deepest studied layer ({layers}): " + " ".join(
+        sentences
+    )
+
+
+def _range(values: pd.Series, digits: int = 2) -> str:
+    """min-max of the rotated bases' values as printed."""
+    low, high = values.min(), values.max()
+    if number(low, digits) == number(high, digits):
+        return number(low, digits)
+    return f"{number(low, digits)} to {number(high, digits)}"
+
+
+def rq4(rotation: pd.DataFrame) -> str:
+    """The unit basis against random rotations at each model's deepest layer."""
+    units = rotation[rotation["basis"] == "unit"]
+    if (rotation["basis"] == "unit").all():
+        return "**RQ4. Units or directions?** No rotated basis was configured (rotation.seeds)."
+    sentences = []
+    for row in focus_rows(units).itertuples(index=False):
+        rotated = rotation[
+            (rotation["model"] == row.model)
+            & (rotation["layer"] == row.layer)
+            & (rotation["basis"] != "unit")
+        ]
+        sentences.append(
+            f"`{row.model}` {row.layer}: max class drop mean {number(row.max_class_drop_mean)} "
+            f"(rotated {_range(rotated['max_class_drop_mean'])}), largest "
+            f"{number(row.max_class_drop_max, 1)} "
+            f"(rotated {_range(rotated['max_class_drop_max'], 1)}); "
+            f"mean selectivity {number(row.selectivity_mean)} (rotated "
+            f"{_range(rotated['selectivity_mean'])}); detectors {int(row.n_detectors)} (rotated "
+            f"{_range(rotated['n_detectors'], 0)})."
+        )
+    n_seeds = rotation.loc[rotation["basis"] != "unit", "basis"].nunique()
+    return (
+        f"**RQ4. Units or directions?** Unit basis against {n_seeds} random rotation(s) of the "
+        "same layer (ranges over seeds): " + " ".join(sentences)
+    )
+
+
+def cumulative_medians(table: pd.DataFrame, k: int) -> dict[str, float]:
+    """Medians over classes of class and overall drops at set size k, top-ranked and random."""
+    at_k = table[table["k"] == k]
+    top, random = at_k[at_k["selection"] == "top"], at_k[at_k["selection"] == "random"]
+    return {
+        "top_class_drop": float(top["class_drop"].median()),
+        "top_overall_drop": float(top["overall_drop"].median()),
+        "random_class_drop": float(random["class_drop"].median()),
+        "random_overall_drop": float(random["overall_drop"].median()),
+    }
+
+
+def cumulative_paragraph(cumulative: Mapping[tuple[str, str], pd.DataFrame]) -> str:
+    """How few units destroy a class, at each model's deepest layer."""
+    deepest: dict[str, tuple[str, pd.DataFrame]] = {}
+    for (model, layer), table in cumulative.items():
+        deepest[model] = (layer, table)
+    sentences = []
+    for model, (layer, table) in deepest.items():
+        ks = sorted(set(table["k"]))
+        k = max((value for value in ks if value <= CUMULATIVE_K), default=ks[0])
+        medians = cumulative_medians(table, k)
+        sentences.append(
+            f"In `{model}` {layer}, ablating each class's {k} top-ranked units lowered that "
+            f"class's accuracy by a median of {number(medians['top_class_drop'], 1)} points "
+            f"(random {k} units: {number(medians['random_class_drop'], 1)}) while overall "
+            f"accuracy fell by {number(medians['top_overall_drop'], 1)} points."
+        )
+    return (
+        "**Beyond the paper: cumulative ablation.** Units ranked per class on one half of the "
+        "eval images, measured on the other half (medians over classes). " + " ".join(sentences)
+    )
+
+
+def summary_markdown(
+    variants: pd.DataFrame,
+    rotation: pd.DataFrame,
+    cumulative: Mapping[tuple[str, str], pd.DataFrame],
+) -> str:
+    """The whole summary.md text."""
+    paragraphs = [
+        "# Summary (generated from the result tables)",
+        "Numbers are cells of `results/comparison/variants.csv` (unit basis), "
+        "`results/comparison/rotation.csv` (all bases) and medians over classes of "
+        "`results/<model>/<layer>/unit/cumulative.csv`; drops are in percentage points of "
+        "top-1 accuracy on the eval split. Figures are under `results/figures/`.",
+        rq1(variants),
+        rq2(variants),
+        rq3(variants),
+        rq4(rotation),
+    ]
+    if cumulative:
+        paragraphs.append(cumulative_paragraph(cumulative))
+    return "\n\n".join(paragraphs) + "\n"

@@ -1,0 +1,93 @@
+"""The per-unit table (units.csv) and the side-by-side comparison rows (variants/rotation.csv)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .statistics import TARGETS, top_classes
+
+#: Leading identifier columns of every analysis table.
+KEYS = ("model", "layer", "basis")
+#: Units count as hurting a class when their max class drop reaches this (points), in comparisons.
+HURT_POINTS = 10.0
+
+
+def unit_table(
+    drops: pd.DataFrame,
+    class_drops: pd.DataFrame,
+    class_prob_drops: np.ndarray,
+    attributes: pd.DataFrame,
+    concepts: pd.DataFrame,
+    identity: Mapping[str, str],
+) -> pd.DataFrame:
+    """Join drops, attributes and concepts on `unit`; add each unit's five most-hurt classes."""
+    units = drops["unit"].to_numpy()
+    for name, table in (
+        ("class_drops", class_drops),
+        ("attributes", attributes),
+        ("concepts", concepts),
+    ):
+        if not np.array_equal(np.sort(table["unit"].to_numpy()), np.sort(units)):
+            raise ValueError(f"{name} covers other units than drops ({len(table)} vs {len(units)})")
+    ordered = class_drops.set_index("unit").loc[units]
+    if class_prob_drops.shape != ordered.shape:
+        raise ValueError(
+            f"class_prob_drops has shape {class_prob_drops.shape}, class drops {ordered.shape}"
+        )
+    joined = drops.drop(columns=["method"], errors="ignore").copy()
+    joined.insert(
+        joined.columns.get_loc("top5_mean_drop"),
+        "top5_hurt_classes",
+        top_classes(ordered.to_numpy(np.float64), class_prob_drops, list(ordered.columns)),
+    )
+    joined = joined.merge(attributes, on="unit", how="left", validate="one_to_one")
+    joined = joined.merge(concepts, on="unit", how="left", validate="one_to_one")
+    for position, key in enumerate(KEYS):
+        joined.insert(position, key, identity[key])
+    return joined.sort_values("unit", kind="stable").reset_index(drop=True)
+
+
+def overall_accuracy(baseline: pd.DataFrame) -> float:
+    """Top-1 accuracy in percent from baseline.csv (per-class rows)."""
+    return 100.0 * baseline["n_correct"].sum() / baseline["n_images"].sum()
+
+
+def comparison_row(
+    units: pd.DataFrame,
+    correlations: pd.DataFrame,
+    class_prediction: pd.DataFrame,
+    baseline_accuracy: float,
+    identity: Mapping[str, str],
+) -> dict[str, object]:
+    """One (model, layer, basis): drop and attribute distributions and every statistic, wide."""
+    row: dict[str, object] = {key: identity[key] for key in KEYS}
+    row["baseline_accuracy"] = baseline_accuracy
+    row["n_units"] = len(units)
+    for target in TARGETS:
+        values = units[target]
+        row[f"{target}_mean"] = values.mean()
+        row[f"{target}_median"] = values.median()
+        row[f"{target}_max"] = values.max()
+    row[f"units_hurting_a_class_{HURT_POINTS:g}"] = int(
+        (units["max_class_drop"] >= HURT_POINTS).sum()
+    )
+    row["selectivity_mean"] = units["selectivity"].mean()
+    row["iou_mean"] = units["iou"].mean()
+    row["n_detectors"] = int(units["is_detector"].astype(bool).sum())
+    for item in correlations.itertuples(index=False):
+        row[f"spearman_{item.attribute}_{item.target}"] = item.spearman
+    if len(class_prediction):
+        row["chance_top1"] = class_prediction["chance_top1"].iloc[0]
+        row["chance_top5"] = class_prediction["chance_top5"].iloc[0]
+    for item in class_prediction.itertuples(index=False):
+        row[f"top1_{item.attribute}"] = item.top1_hit_rate
+        row[f"top5_{item.attribute}"] = item.top5_hit_rate
+    return row
+
+
+def comparison_table(rows: Sequence[Mapping[str, object]]) -> pd.DataFrame:
+    """Rows side by side; statistics missing for some (model, layer, basis) are left empty."""
+    return pd.DataFrame(list(rows))
