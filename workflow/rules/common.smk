@@ -182,7 +182,8 @@ def analysis_settings(wildcards):
 def cumulative_settings(wildcards):
     """The cumulative-ablation keys its script reads (threads go to the scheduler)."""
     settings = {k: v for k, v in config["cumulative"].items() if k != "threads"}
-    settings["mode"] = config["ablation"]["mode"]
+    for key in ("mode", "method", "units_per_call", "tie_margin"):
+        settings[key] = config["ablation"][key]
     return settings
 
 

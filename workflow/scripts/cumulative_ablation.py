@@ -1,0 +1,97 @@
+"""Rule adapter: cumulative ablation of each class's top-ranked units of one layer (unit basis)."""
+
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+if "snakemake" in globals():  # make the library importable inside any rule environment
+    sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
+
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from unitablation.cumulative import cumulative_ablation, powers_of_two  # noqa: E402
+from unitablation.devices import use_full_float32  # noqa: E402
+from unitablation.images import ImageFolderSet, default_preprocess  # noqa: E402
+from unitablation.lease import gpu_lease  # noqa: E402
+from unitablation.logs import logged_to, progress_options  # noqa: E402
+from unitablation.models import load_configured_model  # noqa: E402
+from unitablation.store import ActivationStore, atomic_path  # noqa: E402
+
+
+def main(
+    store_path: str,
+    weights: str,
+    images_dir: str,
+    table_out: str,
+    layer: str,
+    model_entry: Mapping[str, Any],
+    cumulative: Mapping[str, Any],
+    seed: int,
+    device_name: str,
+    threads: int,
+) -> None:
+    """Rank on one split of the eval images, ablate top-k and random-k sets on the other."""
+    torch.set_num_threads(threads)
+    use_full_float32()
+    batch_size = cumulative["batch_size"]
+    with gpu_lease(device_name) as lease, ActivationStore(store_path) as store:
+        print(f"device: {lease.description}", file=sys.stderr)
+        model, _, classes = load_configured_model(model_entry, weights, lease.device, store.classes)
+        labels = store.labels()
+        channel_means = torch.from_numpy(store.layer(layer)["mean"][:].mean(axis=0))
+        replacement = channel_means if cumulative["mode"] == "mean" else None
+
+        def batches(needs_images: bool):
+            """A fresh stream of (inputs, labels) over the eval set in store order."""
+            if needs_images:
+                preprocess = default_preprocess(model_entry["arch"], model_entry.get("preprocess"))
+                return DataLoader(ImageFolderSet(images_dir, preprocess), batch_size=batch_size)
+            return (
+                (torch.from_numpy(maps), torch.from_numpy(labels[start : start + len(maps)]))
+                for start, maps in store.iter_maps(layer, batch_size)
+            )
+
+        total = -(-len(labels) // batch_size)
+        result = cumulative_ablation(
+            model,
+            layer,
+            lease.device,
+            batches,
+            labels,
+            classes,
+            ranking_fraction=cumulative["ranking_fraction"],
+            split_seed=seed,
+            random_seed=seed,
+            ks=powers_of_two(len(channel_means), cumulative["max_k"]),
+            replacement=replacement,
+            method=cumulative["method"],
+            units_per_call=cumulative["units_per_call"],
+            tie_margin=cumulative["tie_margin"],
+            progress=lambda items, stage: tqdm(items, total=total, **progress_options(stage)),
+        )
+    print(
+        f"ranking by {result.ranking_method}, sets by {result.measure_method}; "
+        f"classes skipped (no ranking or measure images): {result.skipped_classes or 'none'}",
+        file=sys.stderr,
+    )
+    with atomic_path(table_out) as temporary:
+        result.table.to_csv(temporary, index=False, float_format="%.6g")
+
+
+if "snakemake" in globals():
+    with logged_to(snakemake.log[0]):  # noqa: F821
+        main(
+            snakemake.input.store,  # noqa: F821
+            snakemake.input.weights,  # noqa: F821
+            snakemake.input.images,  # noqa: F821
+            snakemake.output.table,  # noqa: F821
+            snakemake.wildcards.layer,  # noqa: F821
+            snakemake.params.model,  # noqa: F821
+            snakemake.params.cumulative,  # noqa: F821
+            snakemake.params.seed,  # noqa: F821
+            snakemake.params.device,  # noqa: F821
+            snakemake.threads,  # noqa: F821
+        )
