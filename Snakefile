@@ -16,6 +16,8 @@ include: "workflow/rules/activations.smk"
 include: "workflow/rules/ablation.smk"
 include: "workflow/rules/attributes.smk"
 include: "workflow/rules/concepts.smk"
+include: "workflow/rules/analysis.smk"
+include: "workflow/rules/figures.smk"
 
 
 rule all:

@@ -159,9 +159,11 @@ def test_rotated_concept_iou_equals_iou_of_rotated_maps(tmp_path: Path) -> None:
     np.testing.assert_array_equal(rotated.iou, direct.iou)
     assert not np.array_equal(rotated.iou, plain.iou)
     np.testing.assert_array_equal(identity.iou, plain.iou)
-    with pytest.raises(ValueError, match="does not fit 3 channels"):
-        with ActivationStore(tmp_path / "concept.h5") as store:
-            store_reader(store, "conv", broden, np.eye(4))
+    with (
+        pytest.raises(ValueError, match="does not fit 3 channels"),
+        ActivationStore(tmp_path / "concept.h5") as store,
+    ):
+        store_reader(store, "conv", broden, np.eye(4))
 
 
 def test_concept_class_is_the_class_whose_images_carry_the_concept(tmp_path: Path) -> None:

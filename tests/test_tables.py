@@ -87,7 +87,9 @@ def test_comparison_row_summarises_units_and_statistics() -> None:
     assert row["n_detectors"] == 2 and row["iou_mean"] == pytest.approx(0.04)
     assert row["spearman_selectivity_max_class_drop"] == 0.8
     assert row["top1_selective_class"] == 0.25 and row["top5_selective_class"] == 0.75
-    baseline = pd.DataFrame({"n_images": [10, 30], "n_correct": [5, 30]})
+    baseline = pd.DataFrame(
+        {"class": ["a", "b", "overall"], "n_images": [10, 30, 40], "n_correct": [5, 30, 35]}
+    )
     assert overall_accuracy(baseline) == pytest.approx(87.5)
 
 

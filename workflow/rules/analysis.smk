@@ -42,7 +42,11 @@ rule layer_statistics:
             caption="../report/class_prediction.rst",
             category="Tables",
             subcategory="{model}",
-            labels={"table": "class prediction", "layer": "{layer}", "basis": "{basis}"},
+            labels={
+                "table": "class prediction",
+                "layer": "{layer}",
+                "basis": "{basis}",
+            },
         ),
     log:
         "results/logs/layer_statistics/{model}/{layer}/{basis}.log",
@@ -95,7 +99,11 @@ rule cumulative_ablation:
             caption="../report/cumulative.rst",
             category="Tables",
             subcategory="{model}",
-            labels={"table": "cumulative ablation", "layer": "{layer}", "basis": "unit"},
+            labels={
+                "table": "cumulative ablation",
+                "layer": "{layer}",
+                "basis": "unit",
+            },
         ),
     log:
         "results/logs/cumulative_ablation/{model}/{layer}.log",
@@ -117,7 +125,7 @@ rule summary:
     input:
         variants="results/comparison/variants.csv",
         rotation="results/comparison/rotation.csv",
-        cumulative=cumulative_tables,
+        cumulative=all_cumulative_tables,
     output:
         summary=report(
             "results/summary.md",

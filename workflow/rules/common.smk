@@ -234,7 +234,7 @@ def baselines(wildcards):
     return [f"results/{name}/baseline.csv" for name in model_names()]
 
 
-def cumulative_tables(wildcards):
+def all_cumulative_tables(wildcards):
     """cumulative.csv of every (model, layer), unit basis."""
     return [
         f"results/{name}/{layer}/unit/cumulative.csv"
@@ -263,11 +263,81 @@ def all_outputs():
         outputs.extend(f"results/{name}/activations/{split}.h5" for split in SPLITS)
     for table in LAYER_TABLES:
         outputs.extend(layer_tables(table))
-    outputs.extend(cumulative_tables(None))
-    outputs.extend(["results/comparison/variants.csv", "results/comparison/rotation.csv"])
+    outputs.extend(all_cumulative_tables(None))
+    outputs.extend(
+        ["results/comparison/variants.csv", "results/comparison/rotation.csv"]
+    )
     outputs.extend(figure_outputs())
     outputs.append("results/summary.md")
     return outputs
+
+
+# Figure inputs.
+
+
+def figure_dpi(wildcards):
+    """Resolution of a figure's PNG (config figures.dpi), the one key most figures read."""
+    return figure_settings(wildcards)["dpi"]
+
+
+def unit_tables_all_bases(wildcards):
+    """units.csv of one (model, layer) in every basis, unit basis first."""
+    return [
+        f"results/{wildcards.model}/{wildcards.layer}/{basis}/units.csv"
+        for basis in BASES
+    ]
+
+
+def correlation_tables(wildcards):
+    """correlations.csv (unit basis) of every layer of one model, config order."""
+    return [
+        f"results/{wildcards.model}/{layer}/unit/correlations.csv"
+        for layer in layers_of(wildcards)
+    ]
+
+
+def prediction_tables(wildcards):
+    """class_prediction.csv (unit basis) of every layer of one model, config order."""
+    return [
+        f"results/{wildcards.model}/{layer}/unit/class_prediction.csv"
+        for layer in layers_of(wildcards)
+    ]
+
+
+def rotation_unit_tables(wildcards):
+    """units.csv of every layer and basis of one model."""
+    return [
+        f"results/{wildcards.model}/{layer}/{basis}/units.csv"
+        for layer in layers_of(wildcards)
+        for basis in BASES
+    ]
+
+
+def cumulative_tables(wildcards):
+    """cumulative.csv of every layer of one model, config order."""
+    return [
+        f"results/{wildcards.model}/{layer}/unit/cumulative.csv"
+        for layer in layers_of(wildcards)
+    ]
+
+
+def variant_unit_tables(wildcards):
+    """units.csv (unit basis) of every layer of every model."""
+    return [
+        f"results/{name}/{layer}/unit/units.csv"
+        for name in model_names()
+        for layer in model_layers(name)
+    ]
+
+
+def variant_baselines(wildcards):
+    """baseline.csv of every model, in the order of variant_models."""
+    return [f"results/{name}/baseline.csv" for name in model_names()]
+
+
+def variant_models(wildcards):
+    """Names of the models (training variants), config order."""
+    return model_names()
 
 
 wildcard_constraints:

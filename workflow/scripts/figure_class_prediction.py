@@ -1,0 +1,35 @@
+"""Rule adapter: class-prediction hit rates per class attribute and layer, against baselines."""
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+if "snakemake" in globals():  # make the library importable inside any rule environment
+    sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
+
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from unitablation.figures import class_prediction_figure, save_figure  # noqa: E402
+from unitablation.logs import logged_to  # noqa: E402
+
+
+def main(prediction_tables: Sequence[str], stem: str, dpi: float) -> Figure:
+    """Read class_prediction.csv of every layer; write <stem>.png and <stem>.pdf."""
+    tables = [pd.read_csv(path) for path in prediction_tables]
+    table = pd.concat(tables, ignore_index=True)
+    layers = [str(t["layer"].iloc[0]) for t in tables if len(t)]
+    print(f"{len(table)} class-prediction rows over layers {layers}", file=sys.stderr)
+    title = str(table["model"].iloc[0]) if len(table) else None
+    figure = class_prediction_figure(table, layers, title=title)
+    save_figure(figure, stem, dpi)
+    return figure
+
+
+if "snakemake" in globals():
+    with logged_to(snakemake.log[0]):  # noqa: F821
+        main(
+            snakemake.input.predictions,  # noqa: F821
+            str(Path(snakemake.output.png).with_suffix("")),  # noqa: F821
+            snakemake.params.dpi,  # noqa: F821
+        )

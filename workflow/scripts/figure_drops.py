@@ -1,0 +1,38 @@
+"""Rule adapter: sorted per-unit drops and their histograms, unit vs rotated bases."""
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+if "snakemake" in globals():  # make the library importable inside any rule environment
+    sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
+
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from unitablation.figures import drops_figure, save_figure  # noqa: E402
+from unitablation.logs import logged_to  # noqa: E402
+
+
+def main(units_tables: Sequence[str], stem: str, dpi: float) -> Figure:
+    """Read units.csv of every basis of one (model, layer); write <stem>.png and <stem>.pdf."""
+    tables = {}
+    for path in units_tables:
+        table = pd.read_csv(path)
+        tables[str(table["basis"].iloc[0]) if len(table) else Path(path).parent.name] = table
+    first = next(iter(tables.values()))
+    title = f"{first['model'].iloc[0]}, {first['layer'].iloc[0]}" if len(first) else None
+    figure = drops_figure(tables, title=title)
+    for basis, table in tables.items():
+        print(f"{basis}: {len(table)} units", file=sys.stderr)
+    save_figure(figure, stem, dpi)
+    return figure
+
+
+if "snakemake" in globals():
+    with logged_to(snakemake.log[0]):  # noqa: F821
+        main(
+            snakemake.input.units,  # noqa: F821
+            str(Path(snakemake.output.png).with_suffix("")),  # noqa: F821
+            snakemake.params.dpi,  # noqa: F821
+        )

@@ -1,0 +1,86 @@
+"""Rule adapter: example units with the largest max class drop, their classes and images."""
+
+import sys
+from pathlib import Path
+
+if "snakemake" in globals():  # make the library importable inside any rule environment
+    sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
+
+import h5py  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from unitablation.broden import read_broden  # noqa: E402
+from unitablation.figures import (  # noqa: E402
+    ExampleImage,
+    example_units,
+    examples_figure,
+    save_figure,
+    unit_mask,
+)
+from unitablation.logs import logged_to  # noqa: E402
+from unitablation.store import ActivationStore  # noqa: E402
+
+
+def main(
+    units_table: str,
+    class_drops_table: str,
+    concepts_path: str,
+    store_path: str,
+    broden_dir: str,
+    layer: str,
+    stem: str,
+    dpi: float,
+    example_units_count: int,
+    example_images: int,
+) -> Figure:
+    """Top `example_units_count` units by M_u, each with its `example_images` top concept images.
+
+    A mask is the unit's map bilinearly upsampled to the image size, then > the unit's
+    threshold T_u (from concepts.h5), as in Network Dissection.
+    """
+    units = pd.read_csv(units_table)
+    class_drops = pd.read_csv(class_drops_table)
+    class_drops.columns = ["unit", *map(str, class_drops.columns[1:])]
+    chosen = example_units(units, example_units_count)
+    broden = read_broden(broden_dir)
+    images: dict[int, list[ExampleImage]] = {}
+    with h5py.File(concepts_path, "r") as concepts, ActivationStore(store_path) as store:
+        maps = store.layer(layer)["maps"]
+        for unit in chosen:
+            threshold = float(concepts["thresholds"][unit])
+            rows = concepts["top_images"][unit][:example_images]
+            scores = concepts["top_scores"][unit][:example_images]
+            images[unit] = []
+            for row, score in zip(rows, scores, strict=True):
+                if row < 0:  # fewer ranked images than asked for
+                    continue
+                picture = broden.load_image(int(row))
+                activation = np.asarray(maps[int(row), unit], dtype=np.float32)
+                mask = unit_mask(activation, picture.shape[:2], threshold)
+                images[unit].append(ExampleImage(picture, mask, int(row), float(score)))
+            print(
+                f"unit {unit}: threshold {threshold:.4g}, images {[e.index for e in images[unit]]}",
+                file=sys.stderr,
+            )
+    title = f"{units['model'].iloc[0]}, {layer}: units with the largest class drop"
+    figure = examples_figure(units, class_drops, images, title=title)
+    save_figure(figure, stem, dpi)
+    return figure
+
+
+if "snakemake" in globals():
+    with logged_to(snakemake.log[0]):  # noqa: F821
+        main(
+            snakemake.input.units,  # noqa: F821
+            snakemake.input.class_drops,  # noqa: F821
+            snakemake.input.concepts,  # noqa: F821
+            snakemake.input.store,  # noqa: F821
+            snakemake.input.broden,  # noqa: F821
+            snakemake.wildcards.layer,  # noqa: F821
+            str(Path(snakemake.output.png).with_suffix("")),  # noqa: F821
+            snakemake.params.figures["dpi"],  # noqa: F821
+            snakemake.params.figures["example_units"],  # noqa: F821
+            snakemake.params.figures["example_images"],  # noqa: F821
+        )
