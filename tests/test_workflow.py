@@ -162,7 +162,98 @@ def test_rotated_basis_drops(tiny_run: Path) -> None:
             assert rotated["unit"].tolist() == list(range(8))
             log = tiny_run / "results/logs/ablate_shard" / variant / layer / "rot7" / "0000.log"
             assert "rotated directions" in log.read_text()
-    assert not (tiny_run / "results" / "plain" / layer / "rot7" / "attributes.csv").exists()
+
+
+def test_rotated_basis_attributes_and_concepts(tiny_run: Path) -> None:
+    """Attributes and IoU exist in the rotated basis, computed from the rotated maps."""
+    from unitablation.attributes import rotated_summaries
+    from unitablation.rotation import haar_rotation
+
+    config = yaml.safe_load(TINY.read_text())
+    rotation = haar_rotation(8, 7)
+    for variant in VARIANTS:
+        for layer in config["layers"]:
+            folder = tiny_run / "results" / variant / layer
+            for table in ("attributes.csv", "concepts.csv"):
+                unit = pd.read_csv(folder / "unit" / table)
+                rotated = pd.read_csv(folder / "rot7" / table)
+                assert list(rotated.columns) == list(unit.columns)
+                assert len(rotated) == 8
+            attributes = pd.read_csv(folder / "rot7" / "attributes.csv")
+            with ActivationStore(tiny_run / "results" / variant / "activations/eval.h5") as store:
+                maps = store.layer(layer)["maps"][:]
+            means, maxima = rotated_summaries(maps, rotation)
+            np.testing.assert_allclose(attributes["mean_activation"], means.mean(0), rtol=1e-5)
+            np.testing.assert_allclose(
+                attributes["active_fraction"], (maxima > 0).mean(0), rtol=1e-7
+            )
+
+
+def test_analysis_tables_join_and_summarise_the_per_unit_tables(tiny_run: Path) -> None:
+    """units.csv repeats the drop, attribute and concept tables; statistics cover every pair."""
+    from unitablation.statistics import CLASS_ATTRIBUTES, NUMERIC_ATTRIBUTES, TARGETS
+
+    config = yaml.safe_load(TINY.read_text())
+    for variant, layer, basis in itertools.product(VARIANTS, config["layers"], ("unit", "rot7")):
+        folder = tiny_run / "results" / variant / layer / basis
+        units = pd.read_csv(folder / "units.csv")
+        assert units["unit"].tolist() == list(range(8))
+        assert set(units[["model", "layer", "basis"]].itertuples(index=False)) == {
+            (variant, layer, basis)
+        }
+        for table in ("drops.csv", "attributes.csv", "concepts.csv"):
+            source = pd.read_csv(folder / table).drop(columns=["method"], errors="ignore")
+            pd.testing.assert_frame_equal(
+                units[source.columns], source, check_dtype=False, check_exact=False, rtol=1e-6
+            )
+        first = units["top5_hurt_classes"].str.split(";").str[0]
+        assert (first == units["most_hurt_class"]).all()
+        correlations = pd.read_csv(folder / "correlations.csv")
+        assert list(zip(correlations["attribute"], correlations["target"], strict=True)) == [
+            (a, t) for a in NUMERIC_ATTRIBUTES for t in TARGETS
+        ]
+        assert (correlations["n_units"] + correlations["n_excluded"] == 8).all()
+        prediction = pd.read_csv(folder / "class_prediction.csv")
+        assert prediction["attribute"].tolist() == list(CLASS_ATTRIBUTES)
+        assert np.allclose(prediction["chance_top1"], 1 / config["world"]["n_classes"])
+        hits = (units["selective_class"] == units["most_hurt_class"]).mean()
+        assert prediction.set_index("attribute").loc["selective_class", "top1_hit_rate"] == (
+            pytest.approx(hits)
+        )
+    variants = pd.read_csv(tiny_run / "results/comparison/variants.csv")
+    rotation = pd.read_csv(tiny_run / "results/comparison/rotation.csv")
+    assert len(variants) == len(VARIANTS) * len(config["layers"]) and set(variants["basis"]) == {
+        "unit"
+    }
+    assert len(rotation) == 2 * len(variants)
+    row = variants[(variants["model"] == "plain") & (variants["layer"] == "features.relu5")]
+    units = pd.read_csv(tiny_run / "results/plain/features.relu5/unit/units.csv")
+    assert row["max_class_drop_mean"].item() == pytest.approx(units["max_class_drop"].mean())
+    assert row["n_detectors"].item() == units["is_detector"].sum()
+    baseline = pd.read_csv(tiny_run / "results/plain/baseline.csv")
+    assert row["baseline_accuracy"].item() == pytest.approx(baseline["accuracy"].iloc[-1], 1e-4)
+
+
+def test_cumulative_tables_figures_and_summary(tiny_run: Path) -> None:
+    """Every figure exists as PNG and PDF; the summary quotes the comparison tables."""
+    config = yaml.safe_load(TINY.read_text())
+    for variant, layer in itertools.product(VARIANTS, config["layers"]):
+        table = pd.read_csv(tiny_run / "results" / variant / layer / "unit" / "cumulative.csv")
+        assert set(table["selection"]) == {"top", "random"}
+        assert sorted(set(table["k"])) == [1, 2, 4, 8]
+        assert (table["n_ranking_images"] + table["n_measure_images"] == 4).all()
+    figures = sorted((tiny_run / "results" / "figures").rglob("*.png"))
+    assert len(figures) == 1 + len(VARIANTS) * (4 + 3 * len(config["layers"]))
+    for png in figures:
+        assert png.stat().st_size > 5000 and png.with_suffix(".pdf").stat().st_size > 1000
+    summary = (tiny_run / "results" / "summary.md").read_text()
+    variants = pd.read_csv(tiny_run / "results/comparison/variants.csv")
+    for item in variants.groupby("model", sort=False).tail(1).itertuples(index=False):
+        assert f"`{item.model}` (top-1 {item.baseline_accuracy:.1f}%)" in summary
+        assert f"{int(item.n_detectors)} of {int(item.n_units)} units concept detectors" in summary
+        assert f"mean max class drop {item.max_class_drop_mean:.2f} points" in summary
+    for heading in ("RQ1", "RQ2", "RQ3", "RQ4", "cumulative ablation"):
+        assert f"**{heading}" in summary or heading in summary
 
 
 def test_pipeline_drops_equal_a_full_forward_with_a_zeroing_hook(tiny_run: Path) -> None:
@@ -208,7 +299,13 @@ def test_shard_size_does_not_change_results(tiny_run: Path, tmp_path: Path) -> N
     config["ablation"]["shard_size"] = 3
     path = tmp_path / "reshard.yaml"
     path.write_text(yaml.safe_dump(config))
-    result = snakemake(workdir, "--cores", "2", config=path)
+    tables = [
+        f"results/{variant}/{layer}/{basis}/{table}"
+        for variant, layer, basis, table in itertools.product(
+            VARIANTS, config["layers"], ("unit", "rot7"), ("drops.csv", "class_drops.csv")
+        )
+    ]
+    result = snakemake(workdir, "--cores", "2", *tables, config=path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for variant in VARIANTS:
         for layer in config["layers"]:
