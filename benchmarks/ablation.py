@@ -27,20 +27,17 @@ JSON.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import psutil
 import torch
 import torchvision
 from torch import nn
@@ -48,6 +45,9 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from reporting import hardware, print_table, timed  # noqa: E402
 
 from unitablation.ablation import AblationEngine  # noqa: E402
 from unitablation.extraction import LayerRecorder, extract_activations  # noqa: E402
@@ -91,57 +91,10 @@ def build(name: str, seed: int) -> nn.Module:
     return getattr(torchvision.models, name)(weights=None, num_classes=NUM_CLASSES).eval()
 
 
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (or platform's guess)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def package_version(name: str) -> str:
-    """Installed version of a distribution, or 'missing'."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "missing"
-
-
-def hardware(threads: int) -> dict[str, object]:
-    """What the figures were measured on."""
-    return {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "cpu": cpu_model(),
-        "logical_cores": psutil.cpu_count(logical=True),
-        "physical_cores": psutil.cpu_count(logical=False),
-        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "threads": threads,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "captum": package_version("captum"),
-        "numpy": np.__version__,
-        "mkl": torch.backends.mkl.is_available(),
-    }
-
-
 def chunks(count: int, size: int) -> Iterator[slice]:
     """Consecutive slices of at most `size` covering range(count)."""
     for start in range(0, count, size):
         yield slice(start, min(count, start + size))
-
-
-def timed(function: Callable[[], object]) -> tuple[object, float]:
-    """(result, wall-clock seconds) of one call."""
-    started = time.perf_counter()
-    result = function()
-    return result, time.perf_counter() - started
 
 
 @torch.no_grad()
@@ -463,23 +416,6 @@ def measure_rss(args: argparse.Namespace) -> list[dict[str, object]]:
     return results
 
 
-def format_cell(value: object) -> str:
-    """A table cell: floats to 4 significant digits."""
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def print_table(rows: list[dict[str, object]], columns: list[tuple[str, str]]) -> None:
-    """Print rows as an aligned pipe-separated table."""
-    cells = [[format_cell(row[key]) for key, _ in columns] for row in rows]
-    widths = [
-        max(len(title), *(len(line[i]) for line in cells)) for i, (_, title) in enumerate(columns)
-    ]
-    print(" | ".join(title.rjust(width) for (_, title), width in zip(columns, widths, strict=True)))
-    print("-+-".join("-" * width for width in widths))
-    for line in cells:
-        print(" | ".join(cell.rjust(width) for cell, width in zip(line, widths, strict=True)))
-
-
 COLUMNS = [
     ("model", "model"),
     ("units", "units"),
@@ -523,7 +459,7 @@ def main() -> None:
         return
     started = time.perf_counter()
     torch.set_num_threads(args.threads)
-    info = hardware(torch.get_num_threads())
+    info = hardware(torch.get_num_threads(), ("torchvision", "captum"))
     print(
         f"# {info['date']}  {info['cpu']}, {info['logical_cores']} logical / "
         f"{info['physical_cores']} physical cores, {info['memory_gb']} GB, "

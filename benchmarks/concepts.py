@@ -20,24 +20,22 @@ Both run over ALL units and images (no extrapolation); the IoUs must be identica
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
-import psutil
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from reporting import hardware, print_table, timed  # noqa: E402
 
 from unitablation.broden import Broden, read_broden  # noqa: E402
 from unitablation.concepts import EPSILON, concept_iou, concept_labels  # noqa: E402
@@ -46,34 +44,6 @@ from unitablation.world_export import write_concept_set  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEEDUP_TARGET = 20.0
-T = TypeVar("T")
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (or platform's guess)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def hardware(threads: int) -> dict[str, object]:
-    """What the figures were measured on."""
-    return {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "cpu": cpu_model(),
-        "logical_cores": psutil.cpu_count(logical=True),
-        "physical_cores": psutil.cpu_count(logical=False),
-        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "threads": threads,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-    }
 
 
 def random_maps(images: int, units: int, size: int, seed: int) -> np.ndarray:
@@ -150,23 +120,6 @@ def loop_iou(maps: np.ndarray, labels: LoopLabels, quantile: float, skip: bool) 
     return both / (area - both + EPSILON)
 
 
-def format_cell(value: object) -> str:
-    """A table cell: floats to 4 significant digits."""
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def print_table(rows: list[dict[str, object]], columns: list[tuple[str, str]]) -> None:
-    """Print rows as an aligned pipe-separated table."""
-    cells = [[format_cell(row[key]) for key, _ in columns] for row in rows]
-    widths = [
-        max(len(title), *(len(line[i]) for line in cells)) for i, (_, title) in enumerate(columns)
-    ]
-    print(" | ".join(title.rjust(width) for (_, title), width in zip(columns, widths, strict=True)))
-    print("-+-".join("-" * width for width in widths))
-    for line in cells:
-        print(" | ".join(cell.rjust(width) for cell, width in zip(line, widths, strict=True)))
-
-
 COLUMNS = [
     ("method", "method"),
     ("units", "units"),
@@ -178,13 +131,6 @@ COLUMNS = [
     ("speedup_end_to_end", "ours x (labels+count)"),
     ("max_abs_iou_diff", "max |IoU diff|"),
 ]
-
-
-def timed(function: Callable[[], T]) -> tuple[T, float]:
-    """(result, wall-clock seconds) of one call."""
-    started = time.perf_counter()
-    result = function()
-    return result, time.perf_counter() - started
 
 
 def main() -> None:

@@ -1,0 +1,80 @@
+"""Shared benchmark helpers: what the figures were measured on, timing and table printing."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import psutil
+import torch
+
+T = TypeVar("T")
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (or platform's guess)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def package_version(name: str) -> str:
+    """Installed version of a distribution, or 'missing'."""
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "missing"
+
+
+def hardware(threads: int, packages: Sequence[str] = ()) -> dict[str, object]:
+    """What the figures were measured on: date, CPU, memory, load, threads and versions."""
+    info: dict[str, object] = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu": cpu_model(),
+        "logical_cores": psutil.cpu_count(logical=True),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "threads": threads,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "mkl": torch.backends.mkl.is_available(),
+    }
+    info.update({name: package_version(name) for name in packages})
+    return info
+
+
+def timed(function: Callable[[], T]) -> tuple[T, float]:
+    """(result, wall-clock seconds) of one call."""
+    started = time.perf_counter()
+    result = function()
+    return result, time.perf_counter() - started
+
+
+def format_cell(value: object) -> str:
+    """A table cell: floats to 4 significant digits."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def print_table(rows: list[dict[str, object]], columns: list[tuple[str, str]]) -> None:
+    """Print rows as an aligned pipe-separated table."""
+    cells = [[format_cell(row[key]) for key, _ in columns] for row in rows]
+    widths = [
+        max(len(title), *(len(line[i]) for line in cells)) for i, (_, title) in enumerate(columns)
+    ]
+    print(" | ".join(title.rjust(width) for (_, title), width in zip(columns, widths, strict=True)))
+    print("-+-".join("-" * width for width in widths))
+    for line in cells:
+        print(" | ".join(cell.rjust(width) for cell, width in zip(line, widths, strict=True)))
