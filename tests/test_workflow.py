@@ -256,6 +256,20 @@ def test_cumulative_tables_figures_and_summary(tiny_run: Path) -> None:
         assert f"**{heading}" in summary or heading in summary
 
 
+def test_report_renders_in_headless_chromium(tiny_run: Path) -> None:
+    """`snakemake --report` embeds every figure and table; Chromium loads it and shows each."""
+    from report_check import check_report
+
+    report = tiny_run / "results" / "report.html"
+    result = snakemake(tiny_run, "--report", str(report))
+    assert result.returncode == 0, result.stderr[-3000:]
+    check = check_report(report)
+    figures = sorted((tiny_run / "results" / "figures").rglob("*.png"))
+    assert len(check.figures) == len(figures)  # every PNG figure, embedded and decodable
+    assert len(check.displayed) == len(check.figures)  # and each shown by clicking through the app
+    assert {"Figures", "Tables", "Comparison", "Summary"} <= set(check.categories)
+
+
 def test_pipeline_drops_equal_a_full_forward_with_a_zeroing_hook(tiny_run: Path) -> None:
     """Exactness on the trained tiny models, end to end: the shards' per-class counts equal
     those of the whole network run with a hook that zeroes the unit."""

@@ -34,6 +34,7 @@ rule merge_ablation:
             caption="../report/drops.rst",
             category="Ablation",
             subcategory="{model}",
+            labels={"layer": "{layer}", "basis": "{basis}"},
         ),
         class_drops="results/{model}/{layer}/{basis}/class_drops.csv",
         prob_drops="results/{model}/{layer}/{basis}/class_prob_drops.h5",

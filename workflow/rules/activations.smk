@@ -31,6 +31,7 @@ rule baseline_accuracy:
             "results/{model}/baseline.csv",
             caption="../report/baseline.rst",
             category="Baseline",
+            labels={"model": "{model}"},
         ),
     log:
         "results/logs/baseline_accuracy/{model}.log",

@@ -70,13 +70,13 @@ rule compare:
             "results/comparison/variants.csv",
             caption="../report/variants.rst",
             category="Comparison",
-            labels={"table": "variants"},
+            labels={"result": "variants table"},
         ),
         rotation=report(
             "results/comparison/rotation.csv",
             caption="../report/rotation.rst",
             category="Comparison",
-            labels={"table": "rotation"},
+            labels={"result": "rotation table"},
         ),
     log:
         "results/logs/compare.log",

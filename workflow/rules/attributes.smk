@@ -11,6 +11,7 @@ rule unit_attributes:
             caption="../report/attributes.rst",
             category="Attributes",
             subcategory="{model}",
+            labels={"layer": "{layer}", "basis": "{basis}"},
         ),
         matrices="results/{model}/{layer}/{basis}/attributes.h5",
     log:

@@ -11,6 +11,7 @@ rule concept_iou:
             caption="../report/concepts.rst",
             category="Concepts",
             subcategory="{model}",
+            labels={"layer": "{layer}", "basis": "{basis}"},
         ),
         matrix="results/{model}/{layer}/{basis}/concepts.h5",
     log:

@@ -10,6 +10,7 @@ rule figure_drops:
             caption="../report/figure_drops.rst",
             category="Figures",
             subcategory="{model}",
+            labels={"figure": "drops", "layer": "{layer}"},
         ),
         pdf="results/figures/{model}/{layer}/drops.pdf",
     log:
@@ -35,6 +36,7 @@ rule figure_examples:
             caption="../report/figure_examples.rst",
             category="Figures",
             subcategory="{model}",
+            labels={"figure": "examples", "layer": "{layer}"},
         ),
         pdf="results/figures/{model}/{layer}/examples.pdf",
     log:
@@ -57,6 +59,7 @@ rule figure_attributes:
             caption="../report/figure_attributes.rst",
             category="Figures",
             subcategory="{model}",
+            labels={"figure": "attributes", "layer": "{layer}"},
         ),
         pdf="results/figures/{model}/{layer}/attributes.pdf",
     log:
@@ -78,6 +81,7 @@ rule figure_correlations:
             caption="../report/figure_correlations.rst",
             category="Figures",
             subcategory="{model}",
+            labels={"figure": "correlations", "layer": "all layers"},
         ),
         pdf="results/figures/{model}/correlations.pdf",
     log:
@@ -99,6 +103,7 @@ rule figure_class_prediction:
             caption="../report/figure_class_prediction.rst",
             category="Figures",
             subcategory="{model}",
+            labels={"figure": "class_prediction", "layer": "all layers"},
         ),
         pdf="results/figures/{model}/class_prediction.pdf",
     log:
@@ -120,6 +125,7 @@ rule figure_rotation:
             caption="../report/figure_rotation.rst",
             category="Figures",
             subcategory="{model}",
+            labels={"figure": "rotation", "layer": "all layers"},
         ),
         pdf="results/figures/{model}/rotation.pdf",
     log:
@@ -141,6 +147,7 @@ rule figure_cumulative:
             caption="../report/figure_cumulative.rst",
             category="Figures",
             subcategory="{model}",
+            labels={"figure": "cumulative", "layer": "all layers"},
         ),
         pdf="results/figures/{model}/cumulative.pdf",
     log:
@@ -162,8 +169,8 @@ rule figure_variants:
         png=report(
             "results/figures/comparison/variants.png",
             caption="../report/figure_variants.rst",
-            category="Figures",
-            subcategory="Comparison",
+            category="Comparison",
+            labels={"result": "variants figure"},
         ),
         pdf="results/figures/comparison/variants.pdf",
     log:
