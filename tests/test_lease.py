@@ -34,7 +34,7 @@ with gpu_lease(name, lock_dir, device_count=lambda: count, poll_seconds=0.05,
     sys.stdin.readline()
     print("RELEASING", time.time(), flush=True)
 """
-LINE_TIMEOUT = 10.0
+LINE_TIMEOUT = 60.0  # generous: a loaded 2-core machine takes seconds to import torch
 
 
 @dataclass

@@ -3,49 +3,17 @@
 from __future__ import annotations
 
 import itertools
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from workflow_runs import ROOT, TINY, VARIANTS, snakemake
 
 from unitablation.store import ActivationStore
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "tests" / "configs" / "tiny.yaml"
-VARIANTS = ("plain", "batchnorm", "dropout", "batchnorm_dropout")
-
 pytestmark = pytest.mark.workflow
-
-
-def snakemake(workdir: Path, *args: str, config: Path = TINY) -> subprocess.CompletedProcess:
-    """Run Snakemake on the project's Snakefile in `workdir` with `config`."""
-    command = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(ROOT / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(config),
-        *args,
-    ]
-    environment = {**os.environ, "PYTHONHASHSEED": "0"}
-    return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=900)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("tiny")
-    result = snakemake(workdir, "--cores", "2")
-    assert result.returncode == 0, result.stderr[-4000:]
-    return workdir
 
 
 def test_tiny_run_writes_every_store(tiny_run: Path) -> None:
@@ -53,34 +21,41 @@ def test_tiny_run_writes_every_store(tiny_run: Path) -> None:
     world = config["world"]
     for variant in VARIANTS:
         results = tiny_run / "results" / variant
-        with ActivationStore(results / "activations" / "eval.h5") as store:
-            assert len(store) == world["n_classes"] * world["val_per_class"]
-            counts = np.bincount(store.labels(), minlength=world["n_classes"])
+        with ActivationStore(results / "activations" / "eval.h5") as outputs:
+            assert len(outputs) == world["n_classes"] * world["val_per_class"]
+            counts = np.bincount(outputs.labels(), minlength=world["n_classes"])
             assert counts.tolist() == [world["val_per_class"]] * world["n_classes"]
-            assert store.logits().shape == (len(store), world["n_classes"])
-            assert store.layers == config["layers"]
-            assert len(store.classes) == world["n_classes"]
-            relu5 = store.layer("features.relu5")
-            assert relu5["maps"].shape == (len(store), 8, 4, 4)
-            np.testing.assert_allclose(relu5["mean"][:], relu5["maps"][:].mean((2, 3)), atol=1e-6)
-            assert (relu5["maps"][:] >= 0).all()  # post-ReLU
-            assert (
-                store.file.attrs["split"] == "eval"
-                and len(store.file.attrs["weights_sha256"]) == 64
-            )
-            paths = [path.decode() for path in store.file["paths"][:]]
+            assert outputs.logits().shape == (len(outputs), world["n_classes"])
+            assert outputs.layers == [] and len(outputs.classes) == world["n_classes"]
+            paths = [path.decode() for path in outputs.file["paths"][:]]
             assert all((tiny_run / "results/world/val" / path).is_file() for path in paths)
-        with ActivationStore(results / "activations" / "concept.h5") as store:
-            assert len(store) == world["concept_images"]
-            assert (store.labels() == -1).all()
-            assert store.layer("features.relu4")["maps"].shape[1:] == (8, 4, 4)
+            logits = outputs.logits()
+        for layer in config["layers"]:  # one store per layer, same rows and logits
+            with ActivationStore(results / "activations" / "eval" / f"{layer}.h5") as store:
+                assert store.layers == [layer]
+                np.testing.assert_array_equal(store.logits(), logits)
+                maps = store.layer(layer)["maps"]
+                assert maps.shape == (len(store), 8, 4, 4)
+                np.testing.assert_allclose(
+                    store.layer(layer)["mean"][:], maps[:].mean((2, 3)), atol=1e-6
+                )
+                assert (maps[:] >= 0).all()  # post-ReLU
+                assert (
+                    store.file.attrs["split"] == "eval"
+                    and len(store.file.attrs["weights_sha256"]) == 64
+                )
+            with ActivationStore(results / "activations" / "concept" / f"{layer}.h5") as store:
+                assert len(store) == world["concept_images"]
+                assert (store.labels() == -1).all()
+                assert store.layer(layer)["maps"].shape[1:] == (8, 4, 4)
         baseline = pd.read_csv(results / "baseline.csv")
         assert list(baseline["class"])[-1] == "overall"
         assert baseline["n_images"].iloc[-1] == len(paths)
         assert baseline["n_correct"].iloc[:-1].sum() == baseline["n_correct"].iloc[-1]
         history = pd.read_csv(results / "training.csv")
         assert history["epoch"].tolist() == [1]
-        log = (tiny_run / "results/logs/extract_activations" / f"{variant}_eval.log").read_text()
+        log_name = f"{variant}_eval_features.relu5.log"
+        log = (tiny_run / "results/logs/extract_activations" / log_name).read_text()
         assert "device: cpu" in log and "100%" in log
 
 
@@ -180,7 +155,8 @@ def test_rotated_basis_attributes_and_concepts(tiny_run: Path) -> None:
                 assert list(rotated.columns) == list(unit.columns)
                 assert len(rotated) == 8
             attributes = pd.read_csv(folder / "rot7" / "attributes.csv")
-            with ActivationStore(tiny_run / "results" / variant / "activations/eval.h5") as store:
+            store_path = tiny_run / "results" / variant / "activations" / "eval" / f"{layer}.h5"
+            with ActivationStore(store_path) as store:
                 maps = store.layer(layer)["maps"][:]
             means, maxima = rotated_summaries(maps, rotation)
             np.testing.assert_allclose(attributes["mean_activation"], means.mean(0), rtol=1e-5)
@@ -415,9 +391,10 @@ def test_torchvision_model_from_local_weights(tmp_path: Path) -> None:
     result = snakemake(tmp_path, "--cores", "2", config=path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert not (tmp_path / "results" / "resnet" / "model.pt").exists()  # nothing trained
-    with ActivationStore(tmp_path / "results/resnet/activations/eval.h5") as store:
+    with ActivationStore(tmp_path / "results/resnet/activations/eval/layer4.h5") as store:
         assert store.layer("layer4")["maps"].shape == (12, 512, 1, 1)
-        assert store.layer("layer3")["maps"].shape == (12, 256, 2, 2)
         assert store.file.attrs["arch"] == "resnet18"
+    with ActivationStore(tmp_path / "results/resnet/activations/eval/layer3.h5") as store:
+        assert store.layer("layer3")["maps"].shape == (12, 256, 2, 2)
     baseline = pd.read_csv(tmp_path / "results/resnet/baseline.csv")
     assert baseline["n_images"].iloc[-1] == 12

@@ -3,7 +3,7 @@
 
 rule ablate_shard:
     input:
-        store="results/{model}/activations/eval.h5",
+        store="results/{model}/activations/eval/{layer}.h5",
         weights=model_weights,
         images=eval_images,
     output:
@@ -27,7 +27,7 @@ rule ablate_shard:
 rule merge_ablation:
     input:
         shards=shard_files,
-        store="results/{model}/activations/eval.h5",
+        store="results/{model}/activations/eval/{layer}.h5",
     output:
         drops=report(
             "results/{model}/{layer}/{basis}/drops.csv",

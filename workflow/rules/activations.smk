@@ -1,4 +1,5 @@
-# Activations: one forward pass per (model, image set) into HDF5, and the baseline accuracy.
+# Activations: forward passes over each image set into HDF5 (one store per layer, so adding a
+# layer leaves the others' stores and everything downstream of them untouched), and the baseline.
 
 
 rule extract_activations:
@@ -6,9 +7,9 @@ rule extract_activations:
         images=split_source,
         weights=model_weights,
     output:
-        store="results/{model}/activations/{split}.h5",
+        store="results/{model}/activations/{split}/{layer}.h5",
     log:
-        "results/logs/extract_activations/{model}_{split}.log",
+        "results/logs/extract_activations/{model}_{split}_{layer}.log",
     conda:
         env_file("torch")
     threads: config["activations"]["threads"]
@@ -16,8 +17,30 @@ rule extract_activations:
         gpu=gpu_count,
     params:
         model=model_spec_params,
-        layers=layers_of,
-        activations=config["activations"],
+        layers=job_layer,
+        activations=activation_settings,
+        device=config["device"],
+    script:
+        script_file("extract_activations.py")
+
+
+rule extract_outputs:
+    input:
+        images=split_source,
+        weights=model_weights,
+    output:
+        store="results/{model}/activations/{split}.h5",
+    log:
+        "results/logs/extract_outputs/{model}_{split}.log",
+    conda:
+        env_file("torch")
+    threads: config["activations"]["threads"]
+    resources:
+        gpu=gpu_count,
+    params:
+        model=model_spec_params,
+        layers=[],
+        activations=activation_settings,
         device=config["device"],
     script:
         script_file("extract_activations.py")

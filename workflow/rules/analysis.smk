@@ -90,7 +90,7 @@ rule compare:
 
 rule cumulative_ablation:
     input:
-        store="results/{model}/activations/eval.h5",
+        store="results/{model}/activations/eval/{layer}.h5",
         weights=model_weights,
         images=eval_images,
     output:

@@ -3,7 +3,7 @@
 
 rule unit_attributes:
     input:
-        store="results/{model}/activations/eval.h5",
+        store="results/{model}/activations/eval/{layer}.h5",
         weights=model_weights,
     output:
         table=report(

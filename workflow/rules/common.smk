@@ -22,6 +22,35 @@ BASES = ("unit", *ROTATED_BASES)
 SHARD_KEYS = ("mode", "method", "units_per_call", "batch_size", "tie_margin")
 
 
+def canonical(value):
+    """Dicts with sorted keys, recursively, so params compare equal however config orders keys."""
+    if isinstance(value, dict):
+        return {key: canonical(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [canonical(item) for item in value]
+    return value
+
+
+def section_settings(section):
+    """One config section, canonical and without `threads` (those go to the scheduler)."""
+    return canonical({k: v for k, v in config[section].items() if k != "threads"})
+
+
+def world_settings(wildcards):
+    """The world keys the generator reads."""
+    return section_settings("world")
+
+
+def training_settings(wildcards):
+    """The training keys the trainer reads."""
+    return section_settings("training")
+
+
+def activation_settings(wildcards):
+    """The extraction keys the extractor reads."""
+    return section_settings("activations")
+
+
 def env_file(name):
     """Path of a conda env file, relative to the rule files (Snakemake resolves it so)."""
     return f"../../envs/{name}.yaml"
@@ -33,8 +62,15 @@ def script_file(name):
 
 
 def model_names():
-    """Configured model names, config order."""
-    return list(config["models"])
+    """Studied model names: `only_models` when set (its order), else every entry, config order."""
+    # Real-data configs set only_models: --configfile merges over config.yaml's variants.
+    selected = config.get("only_models")
+    if selected is None:
+        return list(config["models"])
+    unknown = [name for name in selected if name not in config["models"]]
+    if unknown:
+        raise ValueError(f"config error in only_models: {unknown} not in models")
+    return list(selected)
 
 
 def model_entry(name):
@@ -50,6 +86,11 @@ def model_layers(name):
 def layers_of(wildcards):
     """Layers studied in the model of a job."""
     return model_layers(wildcards.model)
+
+
+def job_layer(wildcards):
+    """The one layer a per-layer job reads, as a list."""
+    return [wildcards.layer]
 
 
 def is_trained(name):
@@ -107,7 +148,7 @@ def model_spec_params(wildcards):
     entry = dict(model_entry(wildcards.model))
     entry.setdefault("image_size", config["world"]["image_size"])
     entry.pop("layers", None)
-    return entry
+    return canonical(entry)
 
 
 def gpu_count(wildcards):
@@ -156,7 +197,7 @@ def shard_settings(wildcards):
 
 def concept_settings(wildcards):
     """The concept keys the IoU script reads (threads go to the scheduler, not the script)."""
-    return {key: value for key, value in config["concepts"].items() if key != "threads"}
+    return section_settings("concepts")
 
 
 def concept_source(wildcards):
@@ -171,20 +212,20 @@ def eval_images(wildcards):
 
 def figure_settings(wildcards):
     """The figure keys a figure script reads."""
-    return dict(config["figures"])
+    return canonical(config["figures"])
 
 
 def analysis_settings(wildcards):
     """The statistics keys the per-layer analysis reads."""
-    return dict(config["analysis"])
+    return canonical(config["analysis"])
 
 
 def cumulative_settings(wildcards):
     """The cumulative-ablation keys its script reads (threads go to the scheduler)."""
-    settings = {k: v for k, v in config["cumulative"].items() if k != "threads"}
+    settings = section_settings("cumulative")
     for key in ("mode", "method", "units_per_call", "tie_margin"):
         settings[key] = config["ablation"][key]
-    return settings
+    return canonical(settings)
 
 
 #: Per-(model, layer, basis) outputs, in every basis: drops, attributes, concepts and statistics.
@@ -260,7 +301,12 @@ def all_outputs():
     outputs = []
     for name in model_names():
         outputs.append(f"results/{name}/baseline.csv")
-        outputs.extend(f"results/{name}/activations/{split}.h5" for split in SPLITS)
+        outputs.append(f"results/{name}/activations/eval.h5")
+        outputs.extend(
+            f"results/{name}/activations/{split}/{layer}.h5"
+            for split in SPLITS
+            for layer in model_layers(name)
+        )
     for table in LAYER_TABLES:
         outputs.extend(layer_tables(table))
     outputs.extend(all_cumulative_tables(None))
@@ -338,6 +384,47 @@ def variant_baselines(wildcards):
 def variant_models(wildcards):
     """Names of the models (training variants), config order."""
     return model_names()
+
+
+# --- Real data and models: download items and key maps (rules in download.smk) ---------------
+from unitablation.checkpoints import conversion_settings, load_keymaps
+from unitablation.download import checked_job_params, load_items, name_pattern
+
+RESOURCES_DIR = Path(workflow.basedir) / "resources"
+DOWNLOADS = load_items(RESOURCES_DIR / "downloads.yaml", config["downloads"])
+KEYMAPS = load_keymaps(RESOURCES_DIR / "checkpoint_keymaps.yaml")
+
+
+def download_path(name):
+    """Installed path of a download item: its file, or its folder for an archive."""
+    return DOWNLOADS[name].path()
+
+
+def download_names(kind, convertible=False):
+    """Wildcard pattern of the item names of one kind (or of the convertible checkpoints)."""
+    return name_pattern(DOWNLOADS, kind, convertible)
+
+
+def download_settings(wildcards):
+    """What fetching an item reads; fails before any job if it has no URL or no allowed pin."""
+    return checked_job_params(
+        DOWNLOADS[wildcards.item],
+        dict(wildcards.items()).get("filename"),
+        config["allow_unpinned_downloads"],
+    )
+
+
+def convert_source(wildcards):
+    """The downloaded checkpoint an item's conversion reads."""
+    return download_path(wildcards.item)
+
+
+def convert_settings(wildcards):
+    """Architecture, classes and key-map rules of an item's checkpoint conversion."""
+    return conversion_settings(DOWNLOADS[wildcards.item], KEYMAPS)
+
+
+# --- end real data and models ------------------------------------------------------------------
 
 
 wildcard_constraints:

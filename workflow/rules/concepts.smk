@@ -3,7 +3,7 @@
 
 rule concept_iou:
     input:
-        store="results/{model}/activations/concept.h5",
+        store="results/{model}/activations/concept/{layer}.h5",
         broden=concept_source,
     output:
         table=report(

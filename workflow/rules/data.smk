@@ -12,7 +12,7 @@ rule generate_world:
         env_file("world")
     threads: 1
     params:
-        world=config["world"],
+        world=world_settings,
         seed=config["seed"],
     script:
         script_file("generate_world.py")

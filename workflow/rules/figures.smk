@@ -28,7 +28,7 @@ rule figure_examples:
         units="results/{model}/{layer}/unit/units.csv",
         class_drops="results/{model}/{layer}/unit/class_drops.csv",
         concepts="results/{model}/{layer}/unit/concepts.h5",
-        store="results/{model}/activations/concept.h5",
+        store="results/{model}/activations/concept/{layer}.h5",
         broden=concept_source,
     output:
         png=report(

@@ -16,7 +16,7 @@ rule train_model:
         gpu=gpu_count,
     params:
         model=model_spec_params,
-        training=config["training"],
+        training=training_settings,
         seed=config["seed"],
         device=config["device"],
     script:

@@ -30,6 +30,12 @@ from pathlib import Path
 import torch
 
 LOCK_DIR_ENV = "UNITABLATION_LOCK_DIR"
+#: Pretend this many GPUs are visible and run on the CPU: exercises leases and scheduling on a
+#: machine without GPUs (tests, dry rehearsals). Never set it for real work.
+SIMULATED_GPUS_ENV = "UNITABLATION_SIMULATED_GPUS"
+#: With simulated GPUs, hold each lease at least this long (seconds), so that a test can see two
+#: concurrent jobs holding distinct slots even when the jobs themselves take milliseconds.
+SIMULATED_HOLD_ENV = "UNITABLATION_SIMULATED_HOLD_SECONDS"
 VISIBLE_ENV = "CUDA_VISIBLE_DEVICES"
 DEVICE_FORMS = "'auto', 'cpu', 'cuda' or 'cuda:N'"
 _CUDA_INDEX = re.compile(r"cuda:(\d+)")
@@ -218,7 +224,13 @@ def gpu_lease(
         yield Lease(torch.device("cpu"), None, None, "cpu (config device 'cpu'; no GPU lease)")
         return
 
-    counter = torch.cuda.device_count if device_count is None else device_count
+    simulated = os.environ.get(SIMULATED_GPUS_ENV) if device_count is None else None
+    if simulated:
+        if not simulated.isdigit():
+            raise ValueError(f"{SIMULATED_GPUS_ENV} must be a GPU count, got {simulated!r}")
+        counter: Callable[[], int] = lambda: int(simulated)  # noqa: E731
+    else:
+        counter = torch.cuda.device_count if device_count is None else device_count
     physical_ids, visible = visible_physical_ids(counter)
     if not physical_ids:
         if kind == "auto":
@@ -252,6 +264,16 @@ def gpu_lease(
             f"cuda:{slot.index} (slot {slot.index} of {len(slots)}, physical GPU "
             f"{slot.physical_id}{origin}; lock {slot.lock_path})"
         )
-        yield Lease(torch.device("cuda", slot.index), slot.index, slot.lock_path, description)
+        device = torch.device("cuda", slot.index)
+        if simulated:
+            device = torch.device("cpu")
+            description += f", simulated by {SIMULATED_GPUS_ENV}={simulated}: running on cpu"
+        held_from = time.time()
+        _log_to_stderr(f"GPU lease: slot {slot.index} held from {held_from:.3f}")
+        yield Lease(device, slot.index, slot.lock_path, description)
+        if simulated:
+            hold = float(os.environ.get(SIMULATED_HOLD_ENV, "0"))
+            time.sleep(max(0.0, held_from + hold - time.time()))
     finally:
+        _log_to_stderr(f"GPU lease: slot {slot.index} released at {time.time():.3f}")
         _release(fd, writable)

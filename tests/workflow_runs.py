@@ -1,0 +1,72 @@
+"""Helpers for tests that run the real Snakemake workflow on small configs."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "configs" / "tiny.yaml"
+VARIANTS = ("plain", "batchnorm", "dropout", "batchnorm_dropout")
+JOB = re.compile(r"^(?:local)?rule (\w+):\n((?:    .*\n)*)", re.MULTILINE)
+
+
+def snakemake(
+    workdir: Path,
+    *args: str,
+    config: Path = TINY,
+    snakefile: Path = ROOT / "Snakefile",
+    env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess:
+    """Run Snakemake on the project's Snakefile in `workdir` with `config` (and extra `env`)."""
+    command = [  # options that take several values (--configfile, --resources) end the list
+        sys.executable,
+        "-m",
+        "snakemake",
+        *args,
+        "--snakefile",
+        str(snakefile),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(config),
+    ]
+    environment = {**os.environ, "PYTHONHASHSEED": "0", **(env or {})}
+    return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=900)
+
+
+def tiny_config() -> dict[str, Any]:
+    """The tiny config as a fresh dict."""
+    return yaml.safe_load(TINY.read_text())
+
+
+def write_config(path: Path, changes: Mapping[str, Any]) -> Path:
+    """The tiny config with dotted keys replaced (e.g. {"concepts.quantile": 0.01}), at `path`."""
+    config = tiny_config()
+    for dotted, value in changes.items():
+        *parents, last = dotted.split(".")
+        node = config
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def planned_jobs(output: str, reason: str = "") -> set[tuple[str, str]]:
+    """(rule, first output) of every job a `snakemake -n` run printed (whose reason says
+    `reason`, if given)."""
+    jobs = set()
+    for rule, body in JOB.findall(output):
+        if reason and not re.search(rf"^    reason: .*{re.escape(reason)}", body, re.MULTILINE):
+            continue
+        outputs = re.search(r"^    output: (.*)$", body, re.MULTILINE)
+        jobs.add((rule, outputs.group(1).split(", ")[0] if outputs else ""))
+    return jobs

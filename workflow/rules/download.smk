@@ -1,0 +1,87 @@
+# Real data and models: fetch items of resources/downloads.yaml with checksums, then prepare
+# what the pipeline reads (ImageFolder eval splits, torchvision-layout checkpoints).
+# Helpers (download_settings, ...) live in common.smk; the work in unitablation.download,
+# unitablation.eval_sets and unitablation.checkpoints.
+
+# Fetching runs where Snakemake runs (cluster compute nodes often have no internet access).
+
+
+localrules:
+    download_file,
+    download_archive,
+
+
+rule download_file:
+    output:
+        "resources/downloads/{item}/{filename}",
+    log:
+        "results/logs/download_file/{item}/{filename}.log",
+    wildcard_constraints:
+        item=download_names("file"),
+        filename=r"[^/]+",
+    conda:
+        env_file("analysis")
+    params:
+        item=download_settings,
+    script:
+        script_file("download_fetch.py")
+
+
+rule download_archive:
+    output:
+        directory("resources/downloads/{item}"),
+    log:
+        "results/logs/download_archive/{item}.log",
+    wildcard_constraints:
+        item=download_names("archive"),
+    conda:
+        env_file("analysis")
+    params:
+        item=download_settings,
+    script:
+        script_file("download_fetch.py")
+
+
+rule prepare_places365_val:
+    input:
+        images=download_path("places365_val_256"),
+        filelist=download_path("places365_filelist"),
+    output:
+        directory("resources/prepared/places365_val"),
+    log:
+        "results/logs/prepare_places365_val.log",
+    conda:
+        env_file("analysis")
+    script:
+        script_file("download_places365_val.py")
+
+
+rule prepare_imagenet_val:
+    input:
+        images=download_path("imagenet_val"),
+        devkit=download_path("imagenet_devkit"),
+    output:
+        directory("resources/prepared/imagenet_val"),
+    log:
+        "results/logs/prepare_imagenet_val.log",
+    conda:
+        env_file("analysis")
+    script:
+        script_file("download_imagenet_val.py")
+
+
+rule convert_checkpoint:
+    input:
+        checkpoint=convert_source,
+    output:
+        "resources/prepared/weights/{item}.pt",
+    log:
+        "results/logs/convert_checkpoint/{item}.log",
+    wildcard_constraints:
+        item=download_names("file", convertible=True),
+    conda:
+        env_file("torch")
+    params:
+        convert=convert_settings,
+    script:
+        script_file("download_convert_checkpoint.py")

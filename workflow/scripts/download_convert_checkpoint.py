@@ -1,0 +1,35 @@
+"""Rule adapter: a published checkpoint with its key map applied, as a torchvision state dict."""
+
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+if "snakemake" in globals():  # make the library importable inside any rule environment
+    sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
+
+from unitablation.checkpoints import convert_checkpoint  # noqa: E402
+from unitablation.logs import logged_to  # noqa: E402
+
+
+def main(source: str, output: str, convert: Mapping[str, Any]) -> None:
+    """Remap, check against the architecture, save."""
+    print(
+        f"{source}: key map {convert['keymap']!r} ({len(convert['rules'])} rule(s)), "
+        f"torchvision {convert['arch']} with {convert['num_classes']} classes",
+        file=sys.stderr,
+    )
+    keys = convert_checkpoint(
+        source,
+        output,
+        convert["arch"],
+        convert["num_classes"],
+        convert["rules"],
+        weights_only=convert["weights_only"],
+    )
+    print(f"wrote {output}: {len(keys)} tensors, loads strictly", file=sys.stderr)
+
+
+if "snakemake" in globals():
+    with logged_to(snakemake.log[0]):  # noqa: F821
+        main(snakemake.input.checkpoint, snakemake.output[0], snakemake.params.convert)  # noqa: F821
