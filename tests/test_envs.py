@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 import tomllib
 from pathlib import Path
 
@@ -55,12 +56,62 @@ def test_env_files_agree_with_pip_pins() -> None:
             )
 
 
-def test_every_rule_names_an_existing_env() -> None:
-    rules_dir = ROOT / "workflow" / "rules"
-    names = set()
-    for rule_file in rules_dir.glob("*.smk"):
-        names.update(re.findall(r'env_file\("([a-z_]+)"\)', rule_file.read_text()))
-        assert "conda:" not in rule_file.read_text() or "env_file(" in rule_file.read_text()
-    assert names, "no rule names a conda env"
-    for name in names:
-        assert (ROOT / "envs" / f"{name}.yaml").is_file(), name
+#: Import name -> conda-forge package name, where they differ.
+IMPORT_TO_CONDA = {"torch": "pytorch", "PIL": "pillow", "yaml": "pyyaml"}
+LIBRARY = ROOT / "workflow" / "unitablation"
+
+
+def rule_blocks() -> dict[str, str]:
+    """Every rule's text, by name, from workflow/rules/*.smk (and the Snakefile)."""
+    blocks = {}
+    for path in [ROOT / "Snakefile", *sorted((ROOT / "workflow" / "rules").glob("*.smk"))]:
+        text = path.read_text()
+        for match in re.finditer(r"^rule (\w+):\n((?:[ \t]+.*\n|\n)*)", text, re.MULTILINE):
+            blocks[match.group(1)] = match.group(2)
+    return blocks
+
+
+def third_party_imports(path: Path, seen: set[Path] | None = None) -> set[str]:
+    """Top-level third-party modules a script imports, following the library's own modules."""
+    seen = set() if seen is None else seen
+    if path in seen:
+        return set()
+    seen.add(path)
+    found = set()
+    for line in path.read_text().splitlines():
+        match = re.match(r"\s*(?:from|import) ([A-Za-z_][\w.]*)", line)
+        if not match or line.strip().startswith("from ."):
+            if line.strip().startswith("from ."):
+                module = line.split()[1].lstrip(".").split(".")[0]
+                found |= third_party_imports(LIBRARY / f"{module}.py", seen)
+            continue
+        name = match.group(1).split(".")[0]
+        if name == "unitablation":
+            module = match.group(1).split(".")[1] if "." in match.group(1) else ""
+            if module:
+                found |= third_party_imports(LIBRARY / f"{module}.py", seen)
+        elif name not in sys.stdlib_module_names and name != "__future__":
+            found.add(name)
+    return found
+
+
+def test_every_rule_has_a_log_and_an_existing_env_that_holds_its_imports() -> None:
+    blocks = rule_blocks()
+    assert len(blocks) > 20
+    for rule, body in blocks.items():
+        if rule == "all":
+            continue
+        assert "log:" in body, f"rule {rule} has no log:"
+        env = re.search(r'conda:\n\s+env_file\("([a-z_]+)"\)', body)
+        assert env, f"rule {rule} names no conda env"
+        path = ROOT / "envs" / f"{env.group(1)}.yaml"
+        assert path.is_file(), f"rule {rule}: {path} is missing"
+        packages = {
+            re.split(r"[=<>]", dependency)[0]
+            for dependency in yaml.safe_load(path.read_text())["dependencies"]
+        }
+        script = re.search(r'script_file\("([\w.]+)"\)', body)
+        assert script, f"rule {rule} runs no script"
+        imports = third_party_imports(ROOT / "workflow" / "scripts" / script.group(1))
+        missing = {IMPORT_TO_CONDA.get(name, name) for name in imports} - packages
+        assert not missing, f"rule {rule}: {path.name} lacks {sorted(missing)}"

@@ -41,7 +41,7 @@ rule merge_ablation:
     log:
         "results/logs/merge_ablation/{model}/{layer}/{basis}.log",
     conda:
-        env_file("analysis")
+        env_file("torch")
     params:
         ablation={"hurt_thresholds": config["ablation"]["hurt_thresholds"]},
     script:
