@@ -1,0 +1,68 @@
+"""Same config and seed, same numbers: a second run from scratch equals the first byte for byte."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from workflow_runs import snakemake
+
+pytestmark = pytest.mark.workflow
+
+#: HDF5 attributes that legitimately differ between runs of the same config (none so far).
+VOLATILE_ATTRIBUTES: set[str] = set()
+
+
+def result_files(root: Path, suffix: str) -> list[Path]:
+    """Result files with a suffix, relative to the run directory, logs left out."""
+    return sorted(
+        path.relative_to(root)
+        for path in (root / "results").rglob(f"*{suffix}")
+        if "logs" not in path.parts
+    )
+
+
+def hdf5_contents(path: Path) -> dict[str, object]:
+    """Every dataset and attribute of an HDF5 file, by name."""
+    contents: dict[str, object] = {}
+    with h5py.File(path, "r") as handle:
+
+        def visit(name: str, item: object) -> None:
+            if isinstance(item, h5py.Dataset):
+                contents[name] = item[()]
+            for key, value in item.attrs.items():
+                if key not in VOLATILE_ATTRIBUTES:
+                    contents[f"{name}@{key}"] = value
+
+        visit("/", handle)
+        handle.visititems(visit)
+    return contents
+
+
+def test_two_runs_from_scratch_are_identical(tiny_run: Path, tmp_path: Path) -> None:
+    result = snakemake(tmp_path, "--cores", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for suffix in (".csv", ".md", ".png", ".pdf", ".pt"):
+        files = result_files(tiny_run, suffix)
+        assert files == result_files(tmp_path, suffix)
+        for relative in files:
+            assert (tmp_path / relative).read_bytes() == (tiny_run / relative).read_bytes(), (
+                relative
+            )
+    stores = result_files(tiny_run, ".h5")
+    assert stores == result_files(tmp_path, ".h5") and len(stores) > 50
+    for relative in stores:
+        first, second = hdf5_contents(tiny_run / relative), hdf5_contents(tmp_path / relative)
+        assert first.keys() == second.keys(), relative
+        for name, value in first.items():
+            other = second[name]
+            if isinstance(value, np.ndarray):
+                assert value.dtype == other.dtype and value.shape == other.shape, (relative, name)
+                assert np.array_equal(value, other, equal_nan=value.dtype.kind == "f"), (
+                    relative,
+                    name,
+                )
+            else:
+                assert np.all(value == other), (relative, name)
