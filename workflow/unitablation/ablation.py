@@ -84,6 +84,42 @@ def channel_contributions(head: Head, features: torch.Tensor, channels: int) -> 
     return shares.view(batch, channels, out_channels, *shares.shape[2:])
 
 
+@dataclass
+class Route:
+    """How ablated logits are computed: the method, and the fx suffix and head it uses."""
+
+    method: str
+    suffix: nn.Module | None
+    head: Head | None
+    why_not_faster: str
+
+
+def choose_route(
+    model: nn.Module, layer: str, device: torch.device, method: str, rotated: bool
+) -> Route:
+    """Resolve `auto` to the fastest exact method (linear, suffix, hook) and build its parts.
+
+    Rotated directions mix channels, so they never take the linear shortcut; a requested method
+    that cannot work raises instead of silently falling back.
+    """
+    if rotated and method == "linear":
+        raise ValueError("rotated directions mix channels: no linear shortcut; use suffix")
+    suffix, head, why_not_faster = None, None, ""
+    if method != "hook":
+        try:
+            suffix = split_suffix(model, layer).to(device)
+            head = analyse_head(suffix) if method in ("auto", "linear") and not rotated else None
+        except NotACutPoint as error:
+            if method != "auto":
+                raise
+            why_not_faster = str(error)
+    if method == "linear" and head is None:
+        raise ValueError(f"layer {layer}: no linear shortcut (no single linear op after it)")
+    if method == "auto":
+        method = "linear" if head else "suffix" if suffix is not None else "hook"
+    return Route(method, suffix, head, why_not_faster)
+
+
 class AblationEngine:
     """Ablates units of one layer of one model; see the module docstring for the methods."""
 
@@ -106,31 +142,12 @@ class AblationEngine:
         self.device = device
         self.replacement = replacement
         self.rotation = None if rotation is None else rotation.to(device, torch.float32)
-        if self.rotation is not None and method == "linear":
-            raise ValueError("rotated directions mix channels: no linear shortcut; use suffix")
-        if self.rotation is not None and method == "auto":
-            method = "suffix_or_hook"
         self.units_per_call = max(1, units_per_call)
         self.tie_margin = tie_margin
         self.memory_budget_bytes = memory_budget_bytes
-        self.suffix = None
-        self.head: Head | None = None
-        self.why_not_faster = ""
-        if method != "hook":
-            try:
-                self.suffix = split_suffix(self.model, layer).to(device)
-                self.head = analyse_head(self.suffix) if method in ("auto", "linear") else None
-            except NotACutPoint as error:
-                if method not in ("auto", "suffix_or_hook"):
-                    raise
-                self.why_not_faster = str(error)
-        if method == "suffix_or_hook":
-            method = "suffix" if self.suffix is not None else "hook"
-        if method == "linear" and self.head is None:
-            raise ValueError(f"layer {layer}: no linear shortcut (no single linear op after it)")
-        if method == "auto":
-            method = "linear" if self.head else "suffix" if self.suffix is not None else "hook"
-        self.method = method
+        route = choose_route(self.model, layer, device, method, rotated=self.rotation is not None)
+        self.suffix, self.head, self.why_not_faster = route.suffix, route.head, route.why_not_faster
+        self.method = route.method
 
     @property
     def needs_images(self) -> bool:

@@ -25,8 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ablation import AblationCounts, AblationEngine, channel_contributions
-from .suffix import Head, NotACutPoint, analyse_head, split_suffix
+from .ablation import AblationCounts, AblationEngine, channel_contributions, choose_route
 
 SET_METHODS = ("auto", "linear", "suffix", "hook")
 SELECTIONS = ("top", "random")
@@ -186,8 +185,6 @@ class SetAblation:
     ) -> None:
         if method not in SET_METHODS:
             raise ValueError(f"unknown ablation method {method!r}; expected one of {SET_METHODS}")
-        if rotation is not None and method == "linear":
-            raise ValueError("rotated directions mix channels: no linear shortcut; use suffix")
         self.model = model.to(device).eval()
         self.layer = layer
         self.device = device
@@ -196,23 +193,9 @@ class SetAblation:
         self.sets_per_call = max(1, sets_per_call)
         self.tie_margin = tie_margin
         self.memory_budget_bytes = memory_budget_bytes
-        self.suffix: nn.Module | None = None
-        self.head: Head | None = None
-        self.why_not_faster = ""
-        if method != "hook":
-            try:
-                self.suffix = split_suffix(self.model, layer).to(device)
-                if method in ("auto", "linear") and self.rotation is None:
-                    self.head = analyse_head(self.suffix)
-            except NotACutPoint as error:
-                if method != "auto":
-                    raise
-                self.why_not_faster = str(error)
-        if method == "linear" and self.head is None:
-            raise ValueError(f"layer {layer}: no linear shortcut (no single linear op after it)")
-        if method == "auto":
-            method = "linear" if self.head else "suffix" if self.suffix is not None else "hook"
-        self.method = method
+        route = choose_route(self.model, layer, device, method, rotated=rotation is not None)
+        self.suffix, self.head, self.why_not_faster = route.suffix, route.head, route.why_not_faster
+        self.method = route.method
 
     @property
     def needs_images(self) -> bool:
