@@ -11,7 +11,6 @@ import io
 import os
 import shutil
 import subprocess
-import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -30,6 +29,7 @@ from httpserver import (
     tar_bytes,
     zip_bytes,
 )
+from workflow_runs import ROOT, snakemake
 
 from unitablation.broden import read_broden
 from unitablation.checkpoints import (
@@ -56,7 +56,6 @@ from unitablation.eval_sets import (
 from unitablation.images import ImageFolderSet, Preprocess
 from unitablation.models import ModelSpec, build_model, load_configured_model, read_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
 KEYMAPS = load_keymaps(ROOT / "resources" / "checkpoint_keymaps.yaml")
 
 
@@ -474,22 +473,10 @@ def test_a_missing_labelled_image_fails_and_leaves_nothing(tmp_path: Path) -> No
 
 
 def run_snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
+    """Snakemake in `workdir` with `config` written to test_config.yaml there."""
     path = workdir / "test_config.yaml"
     path.write_text(yaml.safe_dump(config))
-    command = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(ROOT / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(path),
-        *args,
-    ]
-    environment = {**os.environ, "PYTHONHASHSEED": "0"}
-    return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
+    return snakemake(workdir, *args, config=path, timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import tomllib
 from pathlib import Path
 
 import yaml
+from workflow_runs import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 CONDA_TO_PIP = {"pytorch": "torch"}
 
 

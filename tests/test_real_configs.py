@@ -10,22 +10,21 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from httpserver import broden_zip, csail_layout, places_stub, save_csail, serving
+from workflow_runs import ROOT
+from workflow_runs import snakemake as run_workflow
 
 from unitablation.download import load_items
 from unitablation.models import ModelSpec, build_model
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "resources" / "configs"
 ITEMS = load_items(ROOT / "resources" / "downloads.yaml", {})
 
@@ -67,20 +66,7 @@ REAL_CONFIGS = sorted(DOWNLOAD_JOBS)
 
 def snakemake(workdir: Path, *args: str, configs: list[Path]) -> subprocess.CompletedProcess:
     """Snakemake on the project's Snakefile in `workdir`, which holds a copy of config.yaml."""
-    command = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(ROOT / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        *map(str, configs),
-        *args,
-    ]
-    environment = {**os.environ, "PYTHONHASHSEED": "0"}
-    return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
+    return run_workflow(workdir, *args, config=configs, timeout=600)
 
 
 def job_counts(output: str) -> dict[str, int]:

@@ -18,15 +18,13 @@ import collections
 import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from workflow_runs import ROOT, TINY, snakemake_command
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "tests" / "configs" / "tiny.yaml"
 PROFILE = ROOT / "profiles" / "slurm"
 CLUSTER_SCRIPT = ROOT / "tests" / "slurm" / "local_cluster.sh"
 STATE_DIR = Path(os.environ.get("UNITABLATION_SLURM_DIR", "/tmp/unitablation-slurm"))
@@ -61,20 +59,8 @@ pytestmark = pytest.mark.workflow
 
 def snakemake(workdir: Path, *args: str, config: Path) -> tuple[int, str]:
     """Run Snakemake on the project's Snakefile in `workdir`: exit status, stdout + stderr."""
-    command = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(ROOT / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(config),
-        *args,
-    ]
     result = subprocess.run(
-        command,
+        snakemake_command(workdir, *args, config=config),
         cwd=workdir,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -6,7 +6,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +18,15 @@ VARIANTS = ("plain", "batchnorm", "dropout", "batchnorm_dropout")
 JOB = re.compile(r"^(?:local)?rule (\w+):\n((?:    .*\n)*)", re.MULTILINE)
 
 
-def snakemake(
+def snakemake_command(
     workdir: Path,
     *args: str,
-    config: Path = TINY,
+    config: Path | Sequence[Path] = TINY,
     snakefile: Path = ROOT / "Snakefile",
-    env: Mapping[str, str] | None = None,
-) -> subprocess.CompletedProcess:
-    """Run Snakemake on the project's Snakefile in `workdir` with `config` (and extra `env`)."""
-    command = [  # options that take several values (--configfile, --resources) end the list
+) -> list[str]:
+    """The command line running Snakemake on `snakefile` in `workdir` with the config file(s)."""
+    configs = [config] if isinstance(config, Path) else list(config)
+    return [  # options that take several values (--configfile, --resources) end the list
         sys.executable,
         "-m",
         "snakemake",
@@ -36,10 +36,22 @@ def snakemake(
         "--directory",
         str(workdir),
         "--configfile",
-        str(config),
+        *map(str, configs),
     ]
+
+
+def snakemake(
+    workdir: Path,
+    *args: str,
+    config: Path | Sequence[Path] = TINY,
+    snakefile: Path = ROOT / "Snakefile",
+    env: Mapping[str, str] | None = None,
+    timeout: float = 900,
+) -> subprocess.CompletedProcess:
+    """Run Snakemake on the project's Snakefile in `workdir` with `config` (and extra `env`)."""
+    command = snakemake_command(workdir, *args, config=config, snakefile=snakefile)
     environment = {**os.environ, "PYTHONHASHSEED": "0", **(env or {})}
-    return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=900)
+    return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=timeout)
 
 
 def tiny_config() -> dict[str, Any]:

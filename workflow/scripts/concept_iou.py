@@ -13,14 +13,16 @@ from tqdm import tqdm  # noqa: E402
 
 from unitablation.broden import read_broden  # noqa: E402
 from unitablation.concepts import (  # noqa: E402
+    ConceptResult,
     concept_classes,
     concept_iou,
     concept_labels,
     store_reader,
 )
+from unitablation.degenerate import blank_unmatched_concepts  # noqa: E402
 from unitablation.logs import logged_to, progress_options  # noqa: E402
 from unitablation.rotation import haar_rotation, parse_basis  # noqa: E402
-from unitablation.store import ActivationStore, atomic_path  # noqa: E402
+from unitablation.store import ActivationStore, atomic_paths  # noqa: E402
 
 
 def main(
@@ -54,14 +56,23 @@ def main(
         bar.close()
     table = result.table(concepts["iou_threshold"])
     table.insert(4, "concept_class", concept_classes(labels, result.best()[0], classes))
+    table = blank_unmatched_concepts(table)
     print(
         f"{n_units} units, {len(result.label_numbers)} labels; detectors (IoU >= "
-        f"{concepts['iou_threshold']}): {int(table['is_detector'].sum())}",
+        f"{concepts['iou_threshold']}): {int(table['is_detector'].sum())}; overlapping no "
+        f"concept (IoU 0, no concept named): {int((table['iou'] <= 0).sum())}",
         file=sys.stderr,
     )
-    with atomic_path(table_out) as temporary:
-        table.to_csv(temporary, index=False, float_format="%.6g")
-    with atomic_path(matrix_out) as temporary, h5py.File(temporary, "w") as handle:
+    with atomic_paths([table_out, matrix_out]) as (table_tmp, matrix_tmp):
+        table.to_csv(table_tmp, index=False, float_format="%.6g")
+        write_matrix(matrix_tmp, result, layer, basis, concepts["quantile"])
+
+
+def write_matrix(
+    path: Path, result: ConceptResult, layer: str, basis: str, quantile: float
+) -> None:
+    """The full IoU matrix, thresholds and top images, for figures and further analysis."""
+    with h5py.File(path, "w") as handle:
         handle.create_dataset("iou", data=result.iou)
         handle.create_dataset("label_numbers", data=result.label_numbers)
         handle.create_dataset("label_names", data=result.label_names, dtype=h5py.string_dtype())
@@ -71,7 +82,7 @@ def main(
         handle.create_dataset("thresholds", data=result.thresholds)
         handle.create_dataset("top_images", data=result.top_images)
         handle.create_dataset("top_scores", data=result.top_scores)
-        handle.attrs.update({"layer": layer, "basis": basis, "quantile": concepts["quantile"]})
+        handle.attrs.update({"layer": layer, "basis": basis, "quantile": quantile})
 
 
 if "snakemake" in globals():

@@ -6,7 +6,6 @@ from pathlib import Path
 if "snakemake" in globals():  # make the library importable inside any rule environment
     sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 
-import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
@@ -20,7 +19,7 @@ from unitablation.figures import (  # noqa: E402
     unit_mask,
 )
 from unitablation.logs import logged_to  # noqa: E402
-from unitablation.store import ActivationStore  # noqa: E402
+from unitablation.store import ActivationStore, open_hdf5  # noqa: E402
 
 
 def main(
@@ -46,7 +45,8 @@ def main(
     chosen = example_units(units, example_units_count)
     broden = read_broden(broden_dir)
     images: dict[int, list[ExampleImage]] = {}
-    with h5py.File(concepts_path, "r") as concepts, ActivationStore(store_path) as store:
+    concepts_file = open_hdf5(concepts_path, "concept IoU matrix")
+    with concepts_file as concepts, ActivationStore(store_path) as store:
         maps = store.layer(layer)["maps"]
         for unit in chosen:
             threshold = float(concepts["thresholds"][unit])

@@ -12,7 +12,7 @@ import pandas as pd  # noqa: E402
 
 from unitablation.logs import logged_to  # noqa: E402
 from unitablation.statistics import class_prediction_table, correlation_table  # noqa: E402
-from unitablation.store import atomic_path  # noqa: E402
+from unitablation.store import atomic_paths  # noqa: E402
 from unitablation.tables import KEYS  # noqa: E402
 
 
@@ -46,10 +46,9 @@ def main(
             table.insert(position, key, identity[key])
     print(correlations.to_string(index=False), file=sys.stderr)
     print(prediction.to_string(index=False), file=sys.stderr)
-    with atomic_path(correlations_out) as temporary:
-        correlations.to_csv(temporary, index=False, float_format="%.6g")
-    with atomic_path(prediction_out) as temporary:
-        prediction.to_csv(temporary, index=False, float_format="%.6g")
+    with atomic_paths([correlations_out, prediction_out]) as (correlations_tmp, prediction_tmp):
+        correlations.to_csv(correlations_tmp, index=False, float_format="%.6g")
+        prediction.to_csv(prediction_tmp, index=False, float_format="%.6g")
 
 
 if "snakemake" in globals():

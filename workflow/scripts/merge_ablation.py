@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 from unitablation.drops import drop_tables  # noqa: E402
 from unitablation.logs import logged_to  # noqa: E402
 from unitablation.shard_store import load_counts  # noqa: E402
-from unitablation.store import ActivationStore, atomic_path  # noqa: E402
+from unitablation.store import ActivationStore, atomic_paths  # noqa: E402
 
 
 def softmax_true_class(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -64,19 +64,19 @@ def main(
         near_ties=counts.near_ties,
     )
     tables.drops.insert(len(tables.drops.columns), "method", counts.method)
-    with atomic_path(drops_out) as temporary:
-        tables.drops.to_csv(temporary, index=False, float_format="%.6g")
-    with atomic_path(class_drops_out) as temporary:
-        tables.class_drops.to_csv(temporary, index=False, float_format="%.6g")
     order = np.argsort(counts.units)
-    with atomic_path(prob_drops_out) as temporary, h5py.File(temporary, "w") as handle:
-        handle.create_dataset("units", data=counts.units[order])
-        handle.create_dataset("class_prob_drops", data=tables.class_prob_drops)
-        handle.create_dataset("correct", data=counts.correct[order])
-        handle.create_dataset("class_sizes", data=sizes)
-        handle.create_dataset("baseline_correct", data=baseline_hits)
-        handle.attrs["classes"] = list(classes)
-        handle.attrs.update({key: attrs[key] for key in ("model", "layer", "basis", "mode")})
+    paths = [drops_out, class_drops_out, prob_drops_out]
+    with atomic_paths(paths) as (drops_tmp, class_drops_tmp, prob_drops_tmp):
+        tables.drops.to_csv(drops_tmp, index=False, float_format="%.6g")
+        tables.class_drops.to_csv(class_drops_tmp, index=False, float_format="%.6g")
+        with h5py.File(prob_drops_tmp, "w") as handle:
+            handle.create_dataset("units", data=counts.units[order])
+            handle.create_dataset("class_prob_drops", data=tables.class_prob_drops)
+            handle.create_dataset("correct", data=counts.correct[order])
+            handle.create_dataset("class_sizes", data=sizes)
+            handle.create_dataset("baseline_correct", data=baseline_hits)
+            handle.attrs["classes"] = list(classes)
+            handle.attrs.update({key: attrs[key] for key in ("model", "layer", "basis", "mode")})
     worst = tables.drops.sort_values("max_class_drop", ascending=False).head(3)
     print(worst.to_string(index=False), file=sys.stderr)
 

@@ -16,7 +16,7 @@ from unitablation.images import ImageFolderSet, default_preprocess, stack_datase
 from unitablation.lease import gpu_lease  # noqa: E402
 from unitablation.logs import logged_to  # noqa: E402
 from unitablation.models import ModelSpec, build_model, save_checkpoint  # noqa: E402
-from unitablation.store import atomic_path  # noqa: E402
+from unitablation.store import atomic_paths  # noqa: E402
 from unitablation.training import TrainConfig, train_model  # noqa: E402
 
 
@@ -54,9 +54,9 @@ def main(
         history = train_model(
             model, images, labels, TrainConfig.from_config(training, seed), device, on_epoch=report
         )
-        save_checkpoint(weights_out, model, dataset.classes)
-        with atomic_path(history_out) as temporary:
-            pd.DataFrame(history).to_csv(temporary, index=False, float_format="%.6g")
+        with atomic_paths([weights_out, history_out]) as (weights_tmp, history_tmp):
+            save_checkpoint(weights_tmp, model, dataset.classes)
+            pd.DataFrame(history).to_csv(history_tmp, index=False, float_format="%.6g")
 
 
 if "snakemake" in globals():

@@ -6,11 +6,10 @@ from pathlib import Path
 if "snakemake" in globals():  # make the library importable inside any rule environment
     sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 
-import h5py  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from unitablation.logs import logged_to  # noqa: E402
-from unitablation.store import atomic_path  # noqa: E402
+from unitablation.store import atomic_path, open_hdf5, require_datasets  # noqa: E402
 from unitablation.tables import unit_table  # noqa: E402
 
 
@@ -26,7 +25,8 @@ def main(
     basis: str,
 ) -> None:
     """Read the four per-unit tables and the probability drops; write the joined table."""
-    with h5py.File(prob_drops, "r") as handle:
+    with open_hdf5(prob_drops, "probability drops") as handle:
+        require_datasets(handle, ["class_prob_drops"], prob_drops)
         class_prob_drops = handle["class_prob_drops"][:]
     table = unit_table(
         pd.read_csv(drops),

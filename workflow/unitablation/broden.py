@@ -79,8 +79,11 @@ def load_mask(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: mask file is missing")
-    with Image.open(path) as img:
-        return decode_mask(np.asarray(img.convert("RGB")))
+    try:
+        with Image.open(path) as img:
+            return decode_mask(np.asarray(img.convert("RGB")))
+    except OSError as error:  # PIL: unidentified or truncated image
+        raise ValueError(f"{path}: cannot read mask PNG: {error}") from error
 
 
 # ---------------------------------------------------------------------------------------------
@@ -422,8 +425,11 @@ class Broden:
         record, path = self.records[i], self.image_path(i)
         if not path.is_file():
             raise ValueError(f"{path}: image file is missing")
-        with Image.open(path) as img:
-            array = np.asarray(img.convert("RGB"))
+        try:
+            with Image.open(path) as img:
+                array = np.asarray(img.convert("RGB"))
+        except OSError as error:  # PIL: unidentified or truncated image
+            raise ValueError(f"{path}: cannot read image: {error}") from error
         if array.shape[:2] != (record.ih, record.iw):
             raise ValueError(
                 f"{path}: image has size {array.shape[:2]}, index.csv says {(record.ih, record.iw)}"

@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 
 from .ablation import AblationCounts
-from .store import atomic_path
+from .store import atomic_path, open_hdf5, require_datasets
 
 COUNT_FIELDS = (
     "units",
@@ -38,18 +38,13 @@ def load_counts(paths: Sequence[str | Path]) -> tuple[AblationCounts, dict[str, 
     merged: AblationCounts | None = None
     attrs: dict[str, Any] = {}
     for path in paths:
-        try:
-            with h5py.File(path, "r") as handle:
-                missing = [name for name in COUNT_FIELDS if name not in handle]
-                if missing:
-                    raise ValueError(f"ablation shard {path} lacks datasets {missing}")
-                counts = AblationCounts(
-                    **{name: handle[name][:] for name in COUNT_FIELDS},
-                    method=str(handle.attrs["method"]),
-                )
-                attrs = attrs or dict(handle.attrs)
-        except OSError as error:
-            raise ValueError(f"cannot read ablation shard {path}: {error}") from error
+        with open_hdf5(path, "ablation shard") as handle:
+            require_datasets(handle, COUNT_FIELDS, path)
+            counts = AblationCounts(
+                **{name: handle[name][:] for name in COUNT_FIELDS},
+                method=str(handle.attrs["method"]),
+            )
+            attrs = attrs or dict(handle.attrs)
         merged = counts if merged is None else merged.merge(counts)
     if merged is None:
         raise ValueError("no ablation shards to merge")

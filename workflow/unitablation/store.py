@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import h5py
@@ -29,15 +29,39 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         temporary.unlink(missing_ok=True)
 
 
+@contextmanager
+def atomic_paths(paths: Sequence[str | Path]) -> Iterator[list[Path]]:
+    """Temporary siblings for several outputs; all are renamed into place only if the block
+    succeeds, so a failed job leaves none of them (not one finished table beside a missing one)."""
+    with ExitStack() as stack:
+        yield [stack.enter_context(atomic_path(path)) for path in paths]
+
+
+#: Datasets every layer group of a store holds (maps only where the layer keeps them).
+LAYER_DATASETS = ("mean", "max")
+
+
+def open_hdf5(path: str | Path, kind: str) -> h5py.File:
+    """Open an HDF5 file for reading; a ValueError naming the file and its `kind` if unreadable."""
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:
+        raise ValueError(f"cannot open {kind} {path}: {error}") from error
+
+
+def require_datasets(group: h5py.Group, names: Sequence[str], path: str | Path) -> None:
+    """Raise a ValueError naming the file and group if any of `names` is missing from it."""
+    missing = [name for name in names if name not in group]
+    if missing:
+        raise ValueError(f"{path}: group {group.name!r} has no dataset(s) {missing}")
+
+
 class ActivationStore:
     """Read access to an activation HDF5 file; arrays are read lazily or in batches."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        try:
-            self.file = h5py.File(self.path, "r")
-        except OSError as error:
-            raise ValueError(f"cannot open activation store {self.path}: {error}") from error
+        self.file = open_hdf5(self.path, "activation store")
         for name in ("labels", "logits", "layers"):
             if name not in self.file:
                 self.file.close()
@@ -75,13 +99,15 @@ class ActivationStore:
         return self.file["logits"][:]
 
     def layer(self, name: str) -> h5py.Group:
-        """The HDF5 group of one layer, with datasets mean, max and (if stored) maps."""
+        """The HDF5 group of one layer, checked to hold mean, max (and, if stored, maps)."""
         if name not in self.file["layers"]:
             raise ValueError(
                 f"activation store {self.path} has no layer {name!r}; "
                 f"it holds {', '.join(self.layers)}"
             )
-        return self.file["layers"][name]
+        group = self.file["layers"][name]
+        require_datasets(group, LAYER_DATASETS, self.path)
+        return group
 
     def iter_maps(self, name: str, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
         """Yield (offset, maps as float32) batches of one layer without loading them all."""
