@@ -1,0 +1,258 @@
+"""Bad data files fail the job that reads them, name the file, and leave no output behind.
+
+A module fixture copies the tiny run's world into a user-data layout (`data/train`, `data/val`,
+`data/broden`, as a researcher's own folders would be) and builds the stores every case starts
+from. Each case copies that directory, damages one file, and asks Snakemake for the one output
+that reads it, with `--keep-incomplete` so that whatever the job wrote stays where it is: the job
+must fail, its log or Snakemake's output must name the damaged file, and none of the job's outputs
+(nor any `.partial` temporary) may exist afterwards.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import h5py
+import pytest
+import torch
+import torchvision
+import yaml
+from workflow_runs import snakemake, tiny_config
+
+from unitablation.broden import load_mask, read_broden, save_mask
+from unitablation.models import ModelSpec, build_model, save_checkpoint
+
+pytestmark = pytest.mark.workflow
+
+MODEL = "m"
+RESNET = "r"
+LAYER = "features.relu5"
+EVAL_STORE = f"results/{MODEL}/activations/eval/{LAYER}.h5"
+CONCEPT_STORE = f"results/{MODEL}/activations/concept/{LAYER}.h5"
+CONCEPT_OUTPUTS = (
+    f"results/{MODEL}/{LAYER}/unit/concepts.csv",
+    f"results/{MODEL}/{LAYER}/unit/concepts.h5",
+)
+SHARD = f"results/{MODEL}/{LAYER}/unit/shards/0000.h5"
+ATTRIBUTE_OUTPUTS = (
+    f"results/{MODEL}/{LAYER}/unit/attributes.csv",
+    f"results/{MODEL}/{LAYER}/unit/attributes.h5",
+)
+
+
+def user_data_config(workdir: Path) -> Path:
+    """The tiny config studying one tinyalex on user folders, plus a ResNet-18 on given weights."""
+    config = tiny_config()
+    plain = config["models"]["plain"]
+    folders = {
+        "train_images": "data/train",
+        "eval_images": "data/val",
+        "concept_set": "data/broden",
+    }
+    config["models"] = {
+        MODEL: {**plain, **folders},
+        RESNET: {
+            "arch": "resnet18",
+            "weights": "data/resnet18.pt",
+            "eval_images": "data/val",
+            "concept_set": "data/broden",
+            "layers": ["layer4"],
+        },
+    }
+    config["only_models"] = [MODEL, RESNET]
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def write_resnet(path: Path, classes: list[str], first_filters: int = 64) -> None:
+    """A ResNet-18 checkpoint (random weights); other than 64 first filters makes it misfit."""
+    model = torchvision.models.resnet18(num_classes=len(classes))
+    model.conv1 = torch.nn.Conv2d(3, first_filters, kernel_size=7, stride=2, padding=3, bias=False)
+    save_checkpoint(path, model, classes)
+
+
+def eval_classes(workdir: Path) -> list[str]:
+    """Class folder names of the user eval set."""
+    return sorted(p.name for p in (workdir / "data" / "val").iterdir() if p.is_dir())
+
+
+@pytest.fixture(scope="module")
+def prepared(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A working directory with user-data folders, a trained model and its eval/concept stores."""
+    workdir = tmp_path_factory.mktemp("bad_data_base")
+    for split in ("train", "val", "broden"):
+        shutil.copytree(
+            tiny_run / "results" / "world" / split,
+            workdir / "data" / split,
+            ignore=shutil.ignore_patterns(".snakemake_timestamp"),
+        )
+    write_resnet(workdir / "data" / "resnet18.pt", eval_classes(workdir))
+    config = user_data_config(workdir)
+    result = snakemake(workdir, "--cores", "2", EVAL_STORE, CONCEPT_STORE, config=config)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return workdir
+
+
+def first_image(folder: Path) -> Path:
+    """The first PNG (sorted) under `folder`."""
+    return sorted(folder.rglob("*.png"))[0]
+
+
+def corrupt_eval_image(workdir: Path) -> Path:
+    """Overwrite one eval image with bytes that are no image at all."""
+    image = first_image(workdir / "data" / "val")
+    image.write_bytes(b"this is not an image\n" * 20)
+    return image
+
+
+def truncate(path: Path) -> Path:
+    """Cut a file to half its length, as an interrupted copy would."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def truncated_concept_image(workdir: Path) -> Path:
+    """Cut one concept image (not a mask) in half."""
+    broden = read_broden(workdir / "data" / "broden")
+    return truncate(broden.image_path(0))
+
+
+def first_mask(workdir: Path) -> Path:
+    """The first mask PNG that index.csv names."""
+    broden = read_broden(workdir / "data" / "broden")
+    for record in broden.records:
+        for entries in record.cells.values():
+            for entry in entries:
+                if isinstance(entry, str):
+                    return broden.root / "images" / entry
+    raise AssertionError("the tiny concept set has no mask PNG")
+
+
+def truncated_mask(workdir: Path) -> Path:
+    """Cut one mask PNG in half."""
+    return truncate(first_mask(workdir))
+
+
+def mask_with_unknown_ids(workdir: Path) -> Path:
+    """Rewrite one mask so some pixels carry a label number label.csv does not define."""
+    mask = first_mask(workdir)
+    ids = load_mask(mask)
+    ids[0, :] = 4321
+    save_mask(mask, ids)
+    return mask
+
+
+def index_without_column(workdir: Path) -> Path:
+    """Drop the `sh` column (segmentation height) from index.csv."""
+    index = workdir / "data" / "broden" / "index.csv"
+    lines = index.read_text().splitlines()
+    header = lines[0].split(",")
+    drop = header.index("sh")
+    kept = [",".join(c for k, c in enumerate(line.split(",")) if k != drop) for line in lines]
+    index.write_text("\n".join(kept) + "\n")
+    return index
+
+
+def empty_eval_class(workdir: Path) -> Path:
+    """Remove every image of the last eval class (its folder stays, empty)."""
+    folder = sorted(p for p in (workdir / "data" / "val").iterdir() if p.is_dir())[-1]
+    for image in folder.iterdir():
+        image.unlink()
+    return folder
+
+
+def truncated_store(workdir: Path) -> Path:
+    """Cut the eval activation store of the layer in half."""
+    return truncate(workdir / EVAL_STORE)
+
+
+def store_without_means(workdir: Path) -> Path:
+    """Delete the per-image channel means of the layer from its eval store."""
+    path = workdir / EVAL_STORE
+    with h5py.File(path, "a") as handle:
+        del handle[f"layers/{LAYER}/mean"]
+    return path
+
+
+def misfit_tinyalex(workdir: Path) -> Path:
+    """Replace the trained model with a tinyalex of other widths (same classes)."""
+    path = workdir / "results" / MODEL / "model.pt"
+    classes = eval_classes(workdir)
+    spec = ModelSpec.from_config(
+        {"arch": "tinyalex", "widths": [5, 6, 8, 8, 8], "hidden": 16}, len(classes), 32
+    )
+    save_checkpoint(path, build_model(spec), classes)
+    return path
+
+
+def misfit_resnet(workdir: Path) -> Path:
+    """Replace the configured ResNet-18 weights with a checkpoint whose conv1 has 32 filters."""
+    path = workdir / "data" / "resnet18.pt"
+    write_resnet(path, eval_classes(workdir), first_filters=32)
+    return path
+
+
+#: (case id, damage -> the file to be named, outputs asked for, outputs removed first)
+CASES: list[tuple[str, Callable[[Path], Path], tuple[str, ...], tuple[str, ...]]] = [
+    ("corrupt eval image", corrupt_eval_image, (EVAL_STORE,), (EVAL_STORE,)),
+    ("truncated concept image", truncated_concept_image, (CONCEPT_STORE,), (CONCEPT_STORE,)),
+    ("truncated mask png", truncated_mask, CONCEPT_OUTPUTS, ()),
+    ("mask ids not in label.csv", mask_with_unknown_ids, CONCEPT_OUTPUTS, ()),
+    ("index.csv without sh column", index_without_column, (CONCEPT_STORE,), (CONCEPT_STORE,)),
+    ("class with no eval images", empty_eval_class, (EVAL_STORE,), (EVAL_STORE,)),
+    ("truncated activation store", truncated_store, (SHARD,), ()),
+    ("store without a dataset", store_without_means, ATTRIBUTE_OUTPUTS, ()),
+    ("tinyalex checkpoint of other widths", misfit_tinyalex, (EVAL_STORE,), (EVAL_STORE,)),
+    (
+        "resnet18 weights of wrong shapes",
+        misfit_resnet,
+        (f"results/{RESNET}/activations/eval/layer4.h5",),
+        (),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("damage", "targets", "removed"),
+    [case[1:] for case in CASES],
+    ids=[case[0] for case in CASES],
+)
+def test_bad_file_fails_its_job_naming_the_file(
+    prepared: Path,
+    tmp_path: Path,
+    damage: Callable[[Path], Path],
+    targets: tuple[str, ...],
+    removed: tuple[str, ...],
+) -> None:
+    workdir = tmp_path / "run"
+    shutil.copytree(prepared, workdir, symlinks=True)
+    for name in removed:
+        (workdir / name).unlink()
+    bad_file = damage(workdir).relative_to(workdir).as_posix()
+    config = workdir / "config.yaml"
+    result = snakemake(workdir, "--cores", "1", "--keep-incomplete", *targets, config=config)
+    assert result.returncode != 0, result.stderr[-3000:]
+    logs = "".join(path.read_text() for path in (workdir / "results" / "logs").rglob("*.log"))
+    assert bad_file in logs + result.stderr, f"{bad_file} not named:\n{logs[-3000:]}"
+    for name in targets:
+        assert not (workdir / name).exists(), f"{name} left behind after the failure"
+    leftovers = sorted(p.name for p in (workdir / "results").rglob("*.partial"))
+    assert not leftovers, leftovers
+
+
+def test_cases_damage_what_they_say(prepared: Path, tmp_path: Path) -> None:
+    """Each damage function changes the file it names (so a passing case is not vacuous)."""
+    for name, damage, _, _ in CASES:
+        workdir = tmp_path / name.replace(" ", "_")
+        shutil.copytree(prepared / "data", workdir / "data")
+        shutil.copytree(prepared / "results", workdir / "results")
+        target = damage(workdir)
+        original = prepared / target.relative_to(workdir)
+        if target.is_dir():
+            assert len(list(target.iterdir())) < len(list(original.iterdir())), name
+        elif original.exists():
+            assert target.read_bytes() != original.read_bytes(), name
