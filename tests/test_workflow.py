@@ -192,7 +192,8 @@ def test_analysis_tables_join_and_summarise_the_per_unit_tables(tiny_run: Path) 
         prediction = pd.read_csv(folder / "class_prediction.csv")
         assert prediction["attribute"].tolist() == list(CLASS_ATTRIBUTES)
         assert np.allclose(prediction["chance_top1"], 1 / config["world"]["n_classes"])
-        hits = (units["selective_class"] == units["most_hurt_class"]).mean()
+        counted = units[units["selective_class"].notna() & ~units["dead"]]  # dead: no class
+        hits = (counted["selective_class"] == counted["most_hurt_class"]).mean()
         assert prediction.set_index("attribute").loc["selective_class", "top1_hit_rate"] == (
             pytest.approx(hits)
         )

@@ -6,7 +6,7 @@ from pathlib import Path
 if "snakemake" in globals():  # make the library importable inside any rule environment
     sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 
-from unitablation.accuracy import class_accuracy_table  # noqa: E402
+from unitablation.accuracy import class_accuracy_table, never_predicted  # noqa: E402
 from unitablation.logs import logged_to  # noqa: E402
 from unitablation.store import ActivationStore, atomic_path  # noqa: E402
 
@@ -17,6 +17,9 @@ def main(store_path: str, table_out: str) -> None:
         table = class_accuracy_table(store.labels(), store.logits(), store.classes)
     overall = table.iloc[-1]
     print(f"overall accuracy {overall.accuracy:.2f}% on {overall.n_images} images", file=sys.stderr)
+    missing = never_predicted(table)
+    if missing:
+        print(f"classes never predicted: {', '.join(missing)}", file=sys.stderr)
     with atomic_path(table_out) as temporary:
         table.to_csv(temporary, index=False, float_format="%.4f")
 

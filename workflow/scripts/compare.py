@@ -9,6 +9,7 @@ if "snakemake" in globals():  # make the library importable inside any rule envi
 
 import pandas as pd  # noqa: E402
 
+from unitablation.accuracy import never_predicted  # noqa: E402
 from unitablation.logs import logged_to  # noqa: E402
 from unitablation.store import atomic_path  # noqa: E402
 from unitablation.tables import comparison_row, comparison_table, overall_accuracy  # noqa: E402
@@ -24,10 +25,9 @@ def main(
     rotation_out: str,
 ) -> None:
     """One row per (model, layer, basis); variants.csv keeps the unit basis, rotation.csv all."""
-    accuracy = {
-        model: overall_accuracy(pd.read_csv(path))
-        for model, path in zip(models, baselines, strict=True)
-    }
+    tables = {model: pd.read_csv(path) for model, path in zip(models, baselines, strict=True)}
+    accuracy = {model: overall_accuracy(table) for model, table in tables.items()}
+    missing = {model: never_predicted(table) for model, table in tables.items()}
     rows = []
     for unit_path, correlation_path, prediction_path in zip(
         units, correlations, predictions, strict=True
@@ -41,6 +41,7 @@ def main(
                 pd.read_csv(prediction_path),
                 accuracy[identity["model"]],
                 identity,
+                missing[identity["model"]],
             )
         )
     everything = comparison_table(rows)

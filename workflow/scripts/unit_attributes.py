@@ -81,8 +81,10 @@ def main(
         stats, classes, l1_in, l1_in_bn, l1_out, out_class
     )
     excluded = int(table["class_correlation"].isna().sum())
+    dead = [int(unit) for unit in table.loc[table["dead"], "unit"]]
     print(
-        f"{channels} units; correlation undefined (constant activation) for {excluded}",
+        f"{channels} units; correlation undefined (constant activation) for {excluded}; "
+        f"dead (never active on the eval set): {len(dead)} {dead}",
         file=sys.stderr,
     )
     with atomic_path(table_out) as temporary:

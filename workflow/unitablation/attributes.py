@@ -230,6 +230,9 @@ def selectivity(mu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Class selectivity SI = (mu_max - mu_rest) / (mu_max + mu_rest + 1e-7) and its argmax class.
 
     mu (C, K) holds class means; classes with NaN means (no images) are left out of max and rest.
+    When no class stands out (mu_max = mu_rest: all class means equal, as for a dead unit whose
+    every mu_c is 0) SI is 0 by the formula and the selective class is -1 (undefined), not the
+    first class.
     """
     present = ~np.isnan(mu)
     filled = np.where(present, mu, -np.inf)
@@ -237,6 +240,7 @@ def selectivity(mu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     top = filled[np.arange(len(mu)), best]
     others = present.sum(axis=1) - 1
     rest = (np.where(present, mu, 0.0).sum(axis=1) - top) / np.maximum(others, 1)
+    best = np.where(top > rest, best, -1)  # mu_rest is a mean of values <= mu_max
     return (top - rest) / (top + rest + SELECTIVITY_EPSILON), best
 
 
@@ -257,6 +261,11 @@ def class_correlation(stats: ActivationStatistics) -> np.ndarray:
     return np.clip(rho, -1.0, 1.0)
 
 
+def dead_units(stats: ActivationStatistics) -> np.ndarray:
+    """(C,) True for units never active on the eval set: spatial max <= 0 on every image."""
+    return stats.active == 0
+
+
 def attribute_table(
     stats: ActivationStatistics,
     classes: Sequence[str],
@@ -265,7 +274,11 @@ def attribute_table(
     l1_out: np.ndarray,
     out_class: np.ndarray | None = None,
 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """attributes.csv rows (one per unit), plus the (C, K) class means and correlations."""
+    """attributes.csv rows (one per unit), plus the (C, K) class means and correlations.
+
+    A dead unit (never active on the eval set; `dead` True) has SI 0, no selective class, and a
+    NaN class correlation with no correlated class (its activation is constant).
+    """
     mu = class_means(stats)
     si, selective = selectivity(mu)
     rho = class_correlation(stats)
@@ -284,12 +297,13 @@ def attribute_table(
             "l1_out": l1_out,
             "outgoing_class": [classes[k] if k >= 0 else "" for k in out_class],
             "selectivity": si,
-            "selective_class": [classes[k] for k in selective],
+            "selective_class": [classes[k] if k >= 0 else "" for k in selective],
             "class_correlation": best_rho,
             "correlated_class": [classes[k] if k >= 0 else "" for k in correlated],
             "mean_activation": mean,
             "active_fraction": stats.active / stats.count,
             "activation_variance": np.maximum(stats.sum_a2 / stats.count - mean**2, 0.0),
+            "dead": dead_units(stats),
         }
     )
     return table, mu, rho

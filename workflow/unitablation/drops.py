@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 
 DEFAULT_THRESHOLDS = (5.0, 10.0, 20.0)
+#: Mean true-class probability drops closer than this are equal when breaking a tie of M_u.
+PROB_TIE_TOLERANCE = 1e-12
 
 
 @dataclass
@@ -41,7 +43,9 @@ def drop_tables(
     """Compute D_u, d_uc, M_u, c*_u (ties: larger mean true-class probability drop), n_tied,
     classes hurt by at least each threshold, and the mean of the five largest class drops.
 
-    Classes without eval images get NaN drops and are never the most-hurt class.
+    Classes without eval images get NaN drops and are never the most-hurt class. Probability
+    drops within 1e-12 are equal, so a unit whose ablation changes nothing (all d_uc 0, n_tied
+    the number of classes) gets the lowest class index, not the class of a rounding error.
     """
     units = np.asarray(units)
     correct = np.asarray(correct, dtype=np.float64)
@@ -71,7 +75,10 @@ def drop_tables(
     tied = np.isclose(usable, max_drop[:, None], rtol=0, atol=1e-9) & present[None, :]
     n_tied = tied.sum(axis=1)
     tie_break = np.where(tied, np.nan_to_num(prob_drop, nan=-np.inf), -np.inf)
-    most_hurt = tie_break.argmax(axis=1)  # first index among equal probability drops
+    # probability drops within PROB_TIE_TOLERANCE are equal: a unit whose ablation changes
+    # nothing (a dead unit) has drops of summation noise (~1e-16), which must not pick the class
+    best = tie_break.max(axis=1, keepdims=True)
+    most_hurt = (tied & (tie_break >= best - PROB_TIE_TOLERANCE)).argmax(axis=1)  # lowest index
     finite = np.where(present[None, :], class_drop, np.nan)
     top = -np.sort(-np.nan_to_num(finite, nan=-np.inf), axis=1)[:, : min(5, int(present.sum()))]
     table = {

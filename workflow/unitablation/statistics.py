@@ -17,6 +17,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .degenerate import dead_flags
+from .drops import PROB_TIE_TOLERANCE
+
 NUMERIC_ATTRIBUTES: tuple[str, ...] = (
     "l1_in",
     "l1_in_bn",
@@ -47,6 +50,8 @@ CORRELATION_COLUMNS: tuple[str, ...] = (
     "ci_high",
     "n_units",
     "n_excluded",
+    "n_dead",
+    "undefined_reason",
 )
 CLASS_PREDICTION_COLUMNS: tuple[str, ...] = (
     "attribute",
@@ -59,6 +64,7 @@ CLASS_PREDICTION_COLUMNS: tuple[str, ...] = (
     "permutation_p",
     "n_units",
     "n_excluded",
+    "n_dead",
 )
 TIE_TOLERANCE = 1e-9  # class drops closer than this are tied, as in drops.drop_tables
 
@@ -71,6 +77,18 @@ def _rng(seed: int, *names: str) -> np.random.Generator:
 def _numeric(units: pd.DataFrame, column: str) -> np.ndarray:
     """The column as float64, non-numbers as NaN, so finiteness decides inclusion."""
     return pd.to_numeric(units[column], errors="coerce").to_numpy(dtype=np.float64)
+
+
+def undefined_reason(n_units: int, x: np.ndarray, y: np.ndarray) -> str:
+    """Why a correlation over these finite values is undefined ("" when it is defined)."""
+    if n_units < 3:
+        return "fewer than 3 units with finite values"
+    reasons = [
+        f"{name} constant over units"
+        for name, values in (("attribute", x), ("target", y))
+        if np.ptp(values) == 0
+    ]
+    return "; ".join(reasons)
 
 
 def _resampled_ranks(values: np.ndarray, index: np.ndarray) -> np.ndarray:
@@ -133,9 +151,12 @@ def correlation_table(
 ) -> pd.DataFrame:
     """Spearman and Pearson (two-sided p) and a bootstrap CI of Spearman, per (attribute, target).
 
-    Units where the attribute or target is not finite are excluded and counted in n_excluded.
+    Units where the attribute or target is not finite are excluded and counted in n_excluded
+    (e.g. the NaN class correlation of a dead unit, whose activation is constant); n_dead counts
+    the units flagged dead in ``units`` (included wherever their values are finite).
     Attributes absent from ``units`` are skipped. With fewer than 3 usable units, or a constant
-    attribute or target, the statistics are NaN. Each row's bootstrap uses its own generator,
+    attribute or target, the statistics are NaN and ``undefined_reason`` says which; it is empty
+    where they are defined. Each row's bootstrap uses its own generator,
     ``default_rng([seed, crc32(attribute), crc32(target)])``.
     """
     missing = [target for target in targets if target not in units.columns]
@@ -143,6 +164,7 @@ def correlation_table(
         raise ValueError(f"units lack target column(s) {missing}")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    n_dead = int(dead_flags(units).sum())
     rows = []
     for attribute in attributes:
         if attribute not in units.columns:
@@ -163,8 +185,10 @@ def correlation_table(
                 "ci_high": np.nan,
                 "n_units": int(finite.sum()),
                 "n_excluded": int((~finite).sum()),
+                "n_dead": n_dead,
+                "undefined_reason": undefined_reason(len(x), x, y),
             }
-            if len(x) >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0:
+            if not row["undefined_reason"]:
                 with warnings.catch_warnings(), np.errstate(all="ignore"):
                     warnings.simplefilter("ignore")
                     spearman = stats.spearmanr(x, y)
@@ -210,7 +234,10 @@ def class_prediction_table(
     """How often a class-valued attribute names the most-hurt class (top-1) or one of the five
     most-hurt classes (top-5), against chance (1/K, 5/K) and a permutation baseline.
 
-    A unit counts when its attribute class and most_hurt_class are non-empty. The baseline
+    A unit counts when its attribute class and most_hurt_class are non-empty and it is not
+    flagged `dead` (never active on the eval set: ablating it changes nothing in the unit
+    basis, so its most-hurt class is only the tie rule's pick); the others are counted in
+    n_excluded, the dead ones also in n_dead. The baseline
     shuffles the attribute's classes among counted units; permutation_p is one-sided on top-1,
     (1 + #shuffles with hits >= observed) / (1 + permutations). Each attribute's shuffles use
     ``default_rng([seed, crc32(attribute)])``.
@@ -222,12 +249,13 @@ def class_prediction_table(
         raise ValueError(f"units lack column(s) {missing}")
     most_hurt_all = _class_names(units["most_hurt_class"])
     top5_all = _class_lists(units["top5_hurt_classes"])
+    dead = dead_flags(units)
     rows = []
     for attribute in attributes:
         if attribute not in units.columns:
             continue
         predicted_all = _class_names(units[attribute])
-        counted = (predicted_all != "") & (most_hurt_all != "")
+        counted = (predicted_all != "") & (most_hurt_all != "") & ~dead
         predicted, most_hurt = predicted_all[counted], most_hurt_all[counted]
         top5 = [names for names, keep in zip(top5_all, counted, strict=True) if keep]
         n = len(predicted)
@@ -242,6 +270,7 @@ def class_prediction_table(
             "permutation_p": np.nan,
             "n_units": int(n),
             "n_excluded": int(len(counted) - n),
+            "n_dead": int(dead.sum()),
         }
         if n > 0:
             names, codes = np.unique(predicted, return_inverse=True)
@@ -283,7 +312,8 @@ def top_classes(
     """Each unit's k most-hurt classes joined by ';', ranked as the most-hurt class is chosen.
 
     Classes are taken in decreasing class drop; drops within 1e-9 of the best remaining one are
-    tied and broken by the larger true-class probability drop, then by the lower class index,
+    tied and broken by the larger true-class probability drop (within 1e-12: equal), then by
+    the lower class index,
     so the first name equals drops.drop_tables' most_hurt_class. Classes with NaN drop (no eval
     images) are never listed, so a unit may list fewer than k.
     """
@@ -302,7 +332,8 @@ def top_classes(
         best = masked.max(axis=1, keepdims=True)
         tied = available & np.isclose(masked, best, rtol=0, atol=TIE_TOLERANCE)
         tied_probs = np.where(tied, probs, -np.inf)
-        chosen = tied & (tied_probs == tied_probs.max(axis=1, keepdims=True))
+        best_prob = tied_probs.max(axis=1, keepdims=True)
+        chosen = tied & (tied_probs >= best_prob - PROB_TIE_TOLERANCE)
         pick = np.where(available.any(axis=1), chosen.argmax(axis=1), -1)
         rows = np.flatnonzero(pick >= 0)
         available[rows, pick[rows]] = False

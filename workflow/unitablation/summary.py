@@ -160,6 +160,59 @@ def rq4(rotation: pd.DataFrame) -> str:
     )
 
 
+def _names(value: object) -> list[str]:
+    """A ';'-joined cell as a list of names (NaN or empty: no names)."""
+    return [name for name in value.split(";") if name] if isinstance(value, str) else []
+
+
+def degenerate_paragraph(rotation: pd.DataFrame) -> str:
+    """Classes a model never predicts and dead units, from rotation.csv (all bases).
+
+    Empty for a table written before it carried `classes_never_predicted` and `n_dead_units`.
+    """
+    if not {"classes_never_predicted", "n_dead_units"} <= set(rotation.columns):
+        return ""
+    sentences = []
+    for model, rows in rotation.groupby("model", sort=False):
+        missing = _names(rows["classes_never_predicted"].iloc[0])
+        if missing:
+            listed = ", ".join(f"`{name}`" for name in missing)
+            its, it = (
+                ("its accuracy is", "it") if len(missing) == 1 else ("their accuracies are", "them")
+            )
+            sentences.append(
+                f"`{model}` never predicts {listed} on the eval split (n_predicted 0 in "
+                f"baseline.csv), so {its} 0 and no unit's ablation can lower {it}."
+            )
+    dead = rotation[pd.to_numeric(rotation["n_dead_units"], errors="coerce") > 0]
+    if len(dead):
+        listed = "; ".join(
+            f"`{row.model}` {row.layer} ({row.basis} basis) {int(row.n_dead_units)} of "
+            f"{int(row.n_units)}"
+            for row in dead.itertuples(index=False)
+        )
+        sentences.append(
+            f"Dead units (never active on the eval set, `dead` in units.csv): {listed}. A dead "
+            "unit's class correlation is undefined (constant activation: left out of the "
+            "correlations and counted in n_excluded), it has no selective class and is left "
+            "out of the class prediction rates (n_dead)."
+        )
+    if not sentences:
+        sentences.append(
+            "Every unit was active on some eval image and every model predicted every class "
+            "at least once."
+        )
+    return "**Degenerate units and classes.** " + " ".join(sentences)
+
+
+#: Appended to the introduction when the text prints an undefined number.
+UNDEFINED_NOTE = (
+    " n/a marks an undefined number: a correlation over fewer than 3 units with finite values "
+    "or with an attribute or drop constant over units (`undefined_reason` in correlations.csv "
+    "says which), or a rate over no units."
+)
+
+
 def cumulative_medians(table: pd.DataFrame, k: int) -> dict[str, float]:
     """Medians over classes of class and overall drops at set size k, top-ranked and random."""
     at_k = table[table["k"] == k]
@@ -182,6 +235,9 @@ def cumulative_paragraph(cumulative: Mapping[tuple[str, str], pd.DataFrame]) -> 
         ks = sorted(set(table["k"]))
         k = max((value for value in ks if value <= CUMULATIVE_K), default=ks[0])
         medians = cumulative_medians(table, k)
+        if table.empty:
+            sentences.append(f"In `{model}` {layer} no class had ranking and measure images.")
+            continue
         sentences.append(
             f"In `{model}` {layer}, ablating each class's {k} top-ranked units lowered that "
             f"class's accuracy by a median of {number(medians['top_class_drop'], 1)} points "
@@ -200,17 +256,19 @@ def summary_markdown(
     cumulative: Mapping[tuple[str, str], pd.DataFrame],
 ) -> str:
     """The whole summary.md text."""
-    paragraphs = [
-        "# Summary (generated from the result tables)",
+    introduction = (
         "Numbers are cells of `results/comparison/variants.csv` (unit basis), "
         "`results/comparison/rotation.csv` (all bases) and medians over classes of "
         "`results/<model>/<layer>/unit/cumulative.csv`; drops are in percentage points of "
-        "top-1 accuracy on the eval split. Figures are under `results/figures/`.",
-        rq1(variants),
-        rq2(variants),
-        rq3(variants),
-        rq4(rotation),
-    ]
+        "top-1 accuracy on the eval split. Figures are under `results/figures/`."
+    )
+    paragraphs = [rq1(variants), rq2(variants), rq3(variants), rq4(rotation)]
     if cumulative:
         paragraphs.append(cumulative_paragraph(cumulative))
-    return "\n\n".join(paragraphs) + "\n"
+    degenerate = degenerate_paragraph(rotation)
+    if degenerate:
+        paragraphs.append(degenerate)
+    if any("n/a" in paragraph for paragraph in paragraphs):
+        introduction += UNDEFINED_NOTE
+    header = ["# Summary (generated from the result tables)", introduction]
+    return "\n\n".join(header + paragraphs) + "\n"

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from .degenerate import dead_flags
 from .statistics import TARGETS, top_classes
 
 #: Leading identifier columns of every analysis table.
@@ -62,11 +63,19 @@ def comparison_row(
     class_prediction: pd.DataFrame,
     baseline_accuracy: float,
     identity: Mapping[str, str],
+    never_predicted: Sequence[str] = (),
 ) -> dict[str, object]:
-    """One (model, layer, basis): drop and attribute distributions and every statistic, wide."""
+    """One (model, layer, basis): drop and attribute distributions and every statistic, wide.
+
+    `never_predicted` names the model's classes that it predicts for no eval image (from
+    baseline.csv's n_predicted); `n_dead_units` counts units flagged dead in units.csv.
+    """
     row: dict[str, object] = {key: identity[key] for key in KEYS}
     row["baseline_accuracy"] = baseline_accuracy
+    row["n_classes_never_predicted"] = len(never_predicted)
+    row["classes_never_predicted"] = ";".join(never_predicted)
     row["n_units"] = len(units)
+    row["n_dead_units"] = int(dead_flags(units).sum())
     for target in TARGETS:
         values = units[target]
         row[f"{target}_mean"] = values.mean()
