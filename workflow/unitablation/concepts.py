@@ -18,19 +18,23 @@ Rules (SCIENCE.md, "Concept alignment"):
 - IoU_uc = I_uc / (A_uc + G_c - I_uc + 1e-10).
 
 Columns run over the labels of label.csv whose primary category is listed in category.csv, in
-ascending label number (`ConceptResult.label_numbers`). Memory stays bounded: maps are read one
-block of units at a time (all images, needed for the exact quantile) and counted in image batches;
-the labels are decoded once into compact per-image "combination maps" (each pixel's index into
-the image's distinct sets of carried labels, uint8/uint16), so that counting is one index_add of
-the batch's masks per combination and one small matrix product per batch.
+ascending label number (`ConceptResult.label_numbers`). Maps are read one block of units at a
+time, in two streaming passes over the images: the first keeps, per unit, only the activations
+the exact quantile can need (its top `quantile` fraction, or the bottom side when that is
+smaller) and each image's spatial max; the second counts in image batches. From a store
+(`store_reader`) no pass holds more than `rows_per_read` images of maps, so memory does not grow
+with the concept set beyond O(N x units) per-image maxima, the kept top activations and the
+labels, decoded once into compact per-image "combination maps" (each pixel's index into the
+image's distinct sets of carried labels, uint8/uint16), so that counting is one index_add of the
+batch's masks per combination and one small matrix product per batch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import h5py
 import numpy as np
 import pandas as pd
 import torch
@@ -270,21 +274,112 @@ def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
 
 
-def _block_thresholds(maps: np.ndarray, quantile: float) -> np.ndarray:
-    """Exact per-unit numpy.quantile(values, 1 - quantile) of an (N, b, h, w) block, float64.
+def _quantile_positions(count: int, level: float) -> tuple[int, int, float]:
+    """Sorted positions (previous, next) and weight numpy.quantile(linear) interpolates with.
 
-    Units are spread over torch's thread count (numpy's partition releases the GIL).
+    Mirrors numpy's method 7 (Hyndman & Fan: virtual index (n - 1) q, its bounds and its
+    interpolation weight) in the same float64 arithmetic, so that interpolating the two order
+    statistics gives numpy's result bit for bit (tests/test_concept_streaming.py checks it).
+    """
+    quantiles = np.asarray(level, dtype=np.float64)
+    virtual = (count - 1) * quantiles
+    previous = float(np.floor(virtual))
+    following = previous + 1.0
+    if virtual >= count - 1:
+        previous = following = -1.0
+    elif virtual < 0:
+        previous = following = 0.0
+    gamma = float(virtual - previous)
+    return int(previous) % count, int(following) % count, gamma
+
+
+def _lerp(low: np.ndarray, high: np.ndarray, gamma: float) -> np.ndarray:
+    """numpy's quantile interpolation between two order statistics (float64)."""
+    difference = high - low
+    if gamma >= 0.5:
+        return high - difference * (1 - gamma)
+    return low + difference * gamma
+
+
+class _StreamingQuantile:
+    """Exact numpy.quantile(values, level) of each of b units' values, fed in pieces.
+
+    Keeps only the order statistics the result can need: the `keep` values from the interpolated
+    position to the top (or to the bottom, when that side is shorter), so memory is about
+    min(level, 1 - level) of the values rather than all of them. Once a unit holds `keep` values,
+    a new value on the far side of the kept ones can never be needed and is dropped by one
+    comparison, so most values cost no more than that.
     """
 
-    def one(u: int) -> float:
-        """T_u of unit u of the block."""
-        return float(np.quantile(maps[:, u].astype(np.float64).ravel(), 1.0 - quantile))
+    def __init__(self, units: int, count: int, level: float) -> None:
+        if count <= 0:
+            raise ValueError("no values to take a quantile of")
+        self.count = count
+        self.previous, self.next, self.gamma = _quantile_positions(count, level)
+        self.from_top = count - self.previous <= self.next + 1
+        self.keep = count - self.previous if self.from_top else self.next + 1
+        self.kept: list[list[np.ndarray]] = [[] for _ in range(units)]
+        self.held = np.zeros(units, dtype=np.int64)
+        self.bound = np.zeros(units, dtype=np.float32)  # per unit, the innermost kept value
+        self.bounded = np.zeros(units, dtype=bool)  # whether the unit holds `keep` values yet
+        self.seen = 0
+        self.nan = np.zeros(units, dtype=bool)
 
-    workers = max(1, min(torch.get_num_threads(), maps.shape[1]))
-    if workers == 1:
-        return np.array([one(u) for u in range(maps.shape[1])], dtype=np.float64)
-    with ThreadPoolExecutor(workers) as pool:
-        return np.array(list(pool.map(one, range(maps.shape[1]))), dtype=np.float64)
+    def add(self, values: np.ndarray) -> None:
+        """Feed (b, m) float32 values (m more values of every unit)."""
+        self.seen += values.shape[1]
+        self.nan |= np.isnan(values).any(axis=1)
+        needed = None
+        if self.bounded.any():
+            bound = self.bound[:, None]
+            needed = values > bound if self.from_top else values < bound
+            needed |= ~self.bounded[:, None]
+        for u, row in enumerate(values):
+            row = row if needed is None else row[needed[u]]
+            if len(row):
+                self.kept[u].append(row)
+                self.held[u] += len(row)
+            if self.held[u] >= 2 * self.keep + 4096:
+                self._compact(u)
+
+    def _compact(self, u: int) -> None:
+        """Cut unit u's held values down to the `keep` that matter; update its bound."""
+        held = np.concatenate(self.kept[u]) if len(self.kept[u]) != 1 else self.kept[u][0]
+        if len(held) > self.keep:
+            kth = len(held) - self.keep if self.from_top else self.keep - 1
+            # Two kth: numpy then uses introselect, much faster than its single-kth path on
+            # the many tied zeros of ReLU maps.
+            held = np.partition(held, [kth, -1] if self.from_top else [0, kth])
+            held = held[kth:] if self.from_top else held[: kth + 1]
+            self.bound[u] = held[0] if self.from_top else held[-1]
+            self.bounded[u] = True
+        self.kept[u], self.held[u] = [held], len(held)
+
+    def result(self) -> np.ndarray:
+        """(b,) float64 thresholds, equal to numpy.quantile over all values fed."""
+        if self.seen != self.count:
+            raise RuntimeError(f"fed {self.seen} values per unit, expected {self.count}")
+        offset = self.count - self.keep if self.from_top else 0
+        result = np.empty(len(self.kept), dtype=np.float64)
+        for u in range(len(self.kept)):
+            self._compact(u)
+            held = np.sort(self.kept[u][0]).astype(np.float64)
+            low, high = held[self.previous - offset], held[self.next - offset]
+            result[u] = _lerp(np.float64(low), np.float64(high), self.gamma)
+        result[self.nan] = np.nan
+        return result
+
+
+def _block_thresholds(maps: np.ndarray, quantile: float, rows: int = 256) -> np.ndarray:
+    """Exact per-unit numpy.quantile(values, 1 - quantile) of an (N, b, h, w) block, float64."""
+    units = maps.shape[1]
+    if not units:
+        return np.zeros(0, np.float64)
+    streaming = _StreamingQuantile(units, maps[:, :1].size, 1.0 - quantile)
+    for start in range(0, len(maps), rows):
+        window = maps[start : start + rows].transpose(1, 0, 2, 3).reshape(units, -1)
+        streaming.add(np.ascontiguousarray(window, dtype=np.float32))
+    return streaming.result()
 
 
 def _unit_slices(n_units: int, unit_block: int) -> list[slice]:
@@ -315,17 +410,77 @@ def unit_thresholds(
     return np.concatenate(blocks) if blocks else np.zeros(0, np.float64)
 
 
+class StoreMaps:
+    """read_maps over a store layer's maps that can also stream rows (see `store_reader`).
+
+    Reads go through aligned windows of `rows_per_read` images (the last window is kept), so a
+    pass over the images in order reads each window once and holds one window of one unit block.
+    """
+
+    def __init__(self, maps: h5py.Dataset, rotation: np.ndarray | None, rows_per_read: int) -> None:
+        if rows_per_read <= 0:
+            raise ValueError(f"rows_per_read must be > 0, got {rows_per_read}")
+        self.maps = maps
+        self.rotation = rotation
+        self.window = rows_per_read
+        self.n_images = int(maps.shape[0])
+        self._last: tuple[tuple[int, int], int, np.ndarray] | None = None
+
+    def _read_window(self, units: slice, start: int) -> np.ndarray:
+        """Maps of a block of units over images start .. start + window, float32."""
+        key = units.indices(self.maps.shape[1])[:2]
+        if self._last is not None and self._last[:2] == (key, start):
+            return self._last[2]
+        stop = min(self.n_images, start + self.window)
+        if self.rotation is None:
+            block = np.asarray(self.maps[start:stop, units], dtype=np.float32)
+        else:
+            directions = torch.from_numpy(np.asarray(self.rotation[units], dtype=np.float32))
+            maps = torch.from_numpy(np.asarray(self.maps[start:stop], np.float32))
+            block = rotate(maps, directions).numpy()
+        self._last = (key, start, block)
+        return block
+
+    def rows(self, units: slice, start: int, stop: int) -> np.ndarray:
+        """Maps of a block of units over images start .. stop, float32 (stop - start, b, h, w)."""
+        pieces = []
+        for window in range(start - start % self.window, stop, self.window):
+            block = self._read_window(units, window)
+            pieces.append(
+                block[max(start, window) - window : min(stop, window + len(block)) - window]
+            )
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+    def __call__(self, units: slice) -> np.ndarray:
+        """Maps of a block of units over all images, float32 (N, len(units), h, w)."""
+        return self.rows(units, 0, self.n_images)
+
+
+class _InMemoryRows:
+    """The rows interface over maps a plain read_maps callable returned (all images at once)."""
+
+    def __init__(self, maps: np.ndarray, window: int = 256) -> None:
+        self.maps = maps
+        self.window = window
+        self.n_images = len(maps)
+
+    def rows(self, units: slice, start: int, stop: int) -> np.ndarray:
+        """Rows start .. stop of the maps (the unit block is already selected)."""
+        return self.maps[start:stop]
+
+
 def store_reader(
     store: ActivationStore,
     layer: str,
     broden: Broden | None = None,
     rotation: np.ndarray | None = None,
     rows_per_read: int = 256,
-) -> Callable[[slice], np.ndarray]:
+) -> StoreMaps:
     """A read_maps callable over a store layer's maps; with broden, check rows and paths match.
 
     With a rotation R (C, C) it returns the rotated units' maps z_j = r_j . a (every channel is
-    read, `rows_per_read` images at a time, so memory stays bounded).
+    read, `rows_per_read` images at a time). `concept_iou` streams it `rows_per_read` images at a
+    time, so memory does not grow with the number of concept images.
     """
     group = store.layer(layer)
     if "maps" not in group:
@@ -348,19 +503,7 @@ def store_reader(
                 )
     if rotation is not None and np.shape(rotation) != (maps.shape[1],) * 2:
         raise ValueError(f"rotation {np.shape(rotation)} does not fit {maps.shape[1]} channels")
-
-    def read(units: slice) -> np.ndarray:
-        """Maps of a block of units over all images, float32 (N, len(units), h, w)."""
-        if rotation is None:
-            return np.asarray(maps[:, units], dtype=np.float32)
-        directions = torch.from_numpy(np.asarray(rotation[units], dtype=np.float32))
-        out = np.empty((maps.shape[0], len(directions), *maps.shape[2:]), dtype=np.float32)
-        for start in range(0, maps.shape[0], rows_per_read):
-            block = torch.from_numpy(np.asarray(maps[start : start + rows_per_read], np.float32))
-            out[start : start + len(block)] = rotate(block, directions).numpy()
-        return out
-
-    return read
+    return StoreMaps(maps, rotation, rows_per_read)
 
 
 def concept_classes(
@@ -400,6 +543,36 @@ def _top_images(peak: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
     return order.astype(np.int64), np.take_along_axis(scores, order, axis=1)
 
 
+class _Source:
+    """Rows of one unit block's maps: from a StoreMaps (streamed) or from maps in memory."""
+
+    def __init__(self, rows: StoreMaps | _InMemoryRows, spatial: int) -> None:
+        self.rows = rows.rows
+        self.window = rows.window
+        self.spatial = spatial
+
+
+def _block_source(
+    read_maps: Callable[[slice], np.ndarray], units: slice, n_images: int, root: str
+) -> _Source:
+    """How concept_iou reads one unit block: streamed from a store, else read whole once."""
+    b = units.stop - units.start
+    if isinstance(read_maps, StoreMaps):
+        shape = (read_maps.n_images, b, *read_maps.maps.shape[2:])
+        maps = None
+    else:
+        maps = np.ascontiguousarray(read_maps(units), dtype=np.float32)
+        shape = maps.shape
+    if len(shape) != 4 or shape[:2] != (n_images, b):
+        raise ValueError(
+            f"read_maps returned maps of shape {shape} for units {units.start}:"
+            f"{units.stop}, but the Broden set {root} has {n_images} records "
+            f"(expected ({n_images}, {b}, h, w))"
+        )
+    rows = read_maps if maps is None else _InMemoryRows(maps)
+    return _Source(rows, int(shape[2] * shape[3]))
+
+
 #: Relative margin of the exact skip: bilinear outputs are convex combinations of the map, so
 #: they exceed its max by at most a few float32 rounding steps (~1e-7 relative).
 _SKIP_MARGIN = 1e-6
@@ -419,8 +592,11 @@ def concept_iou(
     """Network Dissection IoU of every unit with every label of the concept set.
 
     `read_maps(units)` returns float32 maps (N, len(units), h, w) of all concept images in Broden
-    record order; `broden` may be labels already decoded by concept_labels (to share them between
-    layers); `progress(units_done, n_units)` is called after each unit block. (image, unit) pairs
+    record order; a `StoreMaps` (from `store_reader`) is instead streamed, one window of images
+    at a time, twice per unit block (thresholds and maxima, then counts), so memory does not grow
+    with N beyond per-image arrays. `broden` may be labels already decoded by concept_labels (to
+    share them between layers); `progress(units_done, n_units)` is called after each unit block.
+    Thresholds keep only each unit's top activations (`_StreamingQuantile`). (image, unit) pairs
     whose map max cannot reach T_u even after rounding are not upsampled (their mask is empty);
     the others are upsampled together, thresholded, and their mask pixels counted per label
     combination with one bincount per batch.
@@ -433,7 +609,7 @@ def concept_iou(
     if not n_images:
         raise ValueError(f"the Broden set {labels.root} has no images")
     n_cols, n_cats = len(index.numbers), len(index.category_names)
-    batches = [_batch(labels.images, images) for images in _batches(labels.images, image_batch)]
+    batches = _batches(labels.images, image_batch)  # label structures built per batch below
 
     intersection = np.zeros((n_units, n_cols), dtype=np.int64)
     activation = np.zeros((n_units, n_cats), dtype=np.int64)
@@ -442,28 +618,32 @@ def concept_iou(
     top_images = np.zeros((n_units, k), dtype=np.int64)
     top_scores = np.zeros((n_units, k), dtype=np.float64)
     for units in _unit_slices(n_units, unit_block):
-        maps = np.ascontiguousarray(read_maps(units), dtype=np.float32)
         b = units.stop - units.start
-        if maps.ndim != 4 or maps.shape[:2] != (n_images, b):
-            raise ValueError(
-                f"read_maps returned maps of shape {maps.shape} for units {units.start}:"
-                f"{units.stop}, but the Broden set {labels.root} has {n_images} records "
-                f"(expected ({n_images}, {b}, h, w))"
-            )
-        thresholds[units] = _block_thresholds(maps, quantile)
-        peak = maps.reshape(n_images, b, -1).max(axis=2).astype(np.float64)
+        source = _block_source(read_maps, units, n_images, labels.root)
+        # Pass 1: thresholds and each image's spatial max, window by window.
+        streaming = _StreamingQuantile(b, n_images * source.spatial, 1.0 - quantile)
+        peak = np.zeros((n_images, b), dtype=np.float64)
+        for start in range(0, n_images, source.window):
+            maps = source.rows(units, start, min(n_images, start + source.window))
+            streaming.add(np.ascontiguousarray(maps.transpose(1, 0, 2, 3).reshape(b, -1)))
+            peak[start : start + len(maps)] = maps.reshape(len(maps), b, -1).max(axis=2)
+        thresholds[units] = streaming.result()
         top_images[units], top_scores[units] = _top_images(peak, k)
         cut = torch.from_numpy(float32_below(thresholds[units]))
         reach = peak + np.abs(peak) * _SKIP_MARGIN > thresholds[None, units]
-        block = torch.from_numpy(maps)
+        # Pass 2: masks and counts, image batch by image batch.
         both = torch.zeros(n_cols, b, dtype=torch.float64)
         fired = torch.zeros(b, n_cats, dtype=torch.int64)
-        for batch in batches:
-            image, unit = np.nonzero(reach[batch.images.start : batch.images.stop])
+        for images in batches:
+            image, unit = np.nonzero(reach[images.start : images.stop])
             if not len(image):
                 continue
+            batch = _batch(labels.images, images)
+            block = torch.from_numpy(
+                np.ascontiguousarray(source.rows(units, images.start, images.stop))
+            )
             image_t, unit_t = torch.from_numpy(image), torch.from_numpy(unit)
-            up = upsample(block[batch.images.start + image_t, unit_t][:, None], batch.size)
+            up = upsample(block[image_t, unit_t][:, None], batch.size)
             mask = up.reshape(len(image), -1) > cut[unit_t][:, None]
             pair, pixel = mask.nonzero(as_tuple=True)
             if not len(pair):
