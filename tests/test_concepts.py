@@ -283,13 +283,16 @@ def test_shared_labels_blocks_progress_and_top_images(tmp_path: Path) -> None:
 
 
 def write_store(path: Path, maps: np.ndarray, paths: Sequence[str]) -> None:
-    """A minimal activation store with one layer of maps and a paths dataset."""
+    """A minimal activation store: one layer (maps, mean, max) and a paths dataset."""
     with h5py.File(path, "w") as f:
         f.attrs["layers"] = '["conv"]'
         f.create_dataset("labels", data=np.full(len(maps), -1))
         f.create_dataset("logits", data=np.zeros((len(maps), 2), dtype=np.float32))
         f.create_dataset("paths", data=np.array(list(paths), dtype=h5py.string_dtype()))
-        f.create_group("layers").create_group("conv").create_dataset("maps", data=maps)
+        group = f.create_group("layers").create_group("conv")
+        group.create_dataset("maps", data=maps)
+        group.create_dataset("mean", data=maps.mean(axis=(2, 3)))
+        group.create_dataset("max", data=maps.max(axis=(2, 3)))
 
 
 def test_mismatched_rows_or_paths_raise(tmp_path: Path) -> None:
