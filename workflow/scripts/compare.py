@@ -11,7 +11,7 @@ import pandas as pd  # noqa: E402
 
 from unitablation.accuracy import never_predicted  # noqa: E402
 from unitablation.logs import logged_to  # noqa: E402
-from unitablation.store import atomic_path  # noqa: E402
+from unitablation.store import atomic_paths  # noqa: E402
 from unitablation.tables import comparison_row, comparison_table, overall_accuracy  # noqa: E402
 
 
@@ -47,10 +47,9 @@ def main(
     everything = comparison_table(rows)
     variants = everything[everything["basis"] == "unit"]
     print(variants.iloc[:, :12].to_string(index=False), file=sys.stderr)
-    with atomic_path(variants_out) as temporary:
-        variants.to_csv(temporary, index=False, float_format="%.6g")
-    with atomic_path(rotation_out) as temporary:
-        everything.to_csv(temporary, index=False, float_format="%.6g")
+    with atomic_paths([variants_out, rotation_out]) as (variants_tmp, rotation_tmp):
+        variants.to_csv(variants_tmp, index=False, float_format="%.6g")
+        everything.to_csv(rotation_tmp, index=False, float_format="%.6g")
 
 
 if "snakemake" in globals():

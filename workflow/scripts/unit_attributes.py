@@ -24,7 +24,7 @@ from unitablation.attributes import (  # noqa: E402
 from unitablation.logs import logged_to  # noqa: E402
 from unitablation.models import load_configured_model  # noqa: E402
 from unitablation.rotation import haar_rotation, parse_basis  # noqa: E402
-from unitablation.store import ActivationStore, atomic_path  # noqa: E402
+from unitablation.store import ActivationStore, atomic_paths  # noqa: E402
 
 ROWS_PER_READ = 4096
 MAPS_PER_READ = 256
@@ -87,14 +87,14 @@ def main(
         f"dead (never active on the eval set): {len(dead)} {dead}",
         file=sys.stderr,
     )
-    with atomic_path(table_out) as temporary:
-        table.to_csv(temporary, index=False, float_format="%.8g")
-    with atomic_path(matrices_out) as temporary, h5py.File(temporary, "w") as handle:
-        handle.create_dataset("class_means", data=class_means)
-        handle.create_dataset("class_correlation", data=correlation)
-        handle.attrs["classes"] = list(classes)
-        handle.attrs["layer"] = layer
-        handle.attrs["basis"] = basis
+    with atomic_paths([table_out, matrices_out]) as (table_tmp, matrices_tmp):
+        table.to_csv(table_tmp, index=False, float_format="%.8g")
+        with h5py.File(matrices_tmp, "w") as handle:
+            handle.create_dataset("class_means", data=class_means)
+            handle.create_dataset("class_correlation", data=correlation)
+            handle.attrs["classes"] = list(classes)
+            handle.attrs["layer"] = layer
+            handle.attrs["basis"] = basis
 
 
 if "snakemake" in globals():
