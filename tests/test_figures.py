@@ -199,7 +199,10 @@ def concept_inputs(tmp_path: Path) -> dict[str, str]:
         f.attrs["classes"] = "[]"
         f.create_dataset("labels", data=np.full(4, -1))
         f.create_dataset("logits", data=np.zeros((4, 2), dtype=np.float32))
-        f.create_group("layers").create_group("features.relu5").create_dataset("maps", data=maps)
+        group = f.create_group("layers").create_group("features.relu5")
+        group.create_dataset("maps", data=maps)
+        group.create_dataset("mean", data=maps.mean(axis=(2, 3)))
+        group.create_dataset("max", data=maps.max(axis=(2, 3)))
     concepts = tmp_path / "concepts.h5"
     top_images = np.array([rng.permutation(4) for _ in range(N_UNITS)])
     with h5py.File(concepts, "w") as f:
