@@ -77,3 +77,9 @@ def test_units_are_sorted_and_duplicates_rejected() -> None:
         drop_tables(
             np.array([1, 1]), correct, np.tile(BASE_PROB, (2, 1)), BASE, BASE_PROB, SIZES, CLASSES
         )
+
+
+def test_no_class_with_eval_images_is_rejected() -> None:
+    zeros = np.zeros((1, 2))
+    with pytest.raises(ValueError, match="no class has eval images"):
+        drop_tables(np.arange(1), zeros, zeros, np.zeros(2), np.zeros(2), np.zeros(2), ["a", "b"])

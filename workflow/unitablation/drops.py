@@ -12,7 +12,11 @@ import numpy as np
 import pandas as pd
 
 DEFAULT_THRESHOLDS = (5.0, 10.0, 20.0)
-#: Mean true-class probability drops closer than this are equal when breaking a tie of M_u.
+#: Class drops (points) closer than this are tied.
+TIE_TOLERANCE = 1e-9
+#: Mean true-class probability drops closer than this are equal when breaking a tie: a unit
+#: whose ablation changes nothing (a dead unit) has drops of summation noise (~1e-16), which
+#: must not pick the class.
 PROB_TIE_TOLERANCE = 1e-12
 
 
@@ -29,6 +33,33 @@ def _threshold_name(threshold: float) -> str:
     return f"n_classes_hurt_{threshold:g}".replace(".", "p")
 
 
+def rank_classes(class_drops: np.ndarray, prob_drops: np.ndarray, k: int) -> np.ndarray:
+    """Each unit's k most-hurt class indices (units, k), -1 where fewer classes have drops.
+
+    Classes come in decreasing class drop; drops within TIE_TOLERANCE of the best remaining one
+    are tied and broken by the larger true-class probability drop (within PROB_TIE_TOLERANCE:
+    equal), then by the lower class index. Classes with a NaN drop (no eval images) are never
+    ranked. The first column is c*_u, the most-hurt class.
+    """
+    drops = np.asarray(class_drops, dtype=np.float64)
+    probs = np.asarray(prob_drops, dtype=np.float64)
+    probs = np.where(np.isnan(probs), -np.inf, probs)
+    available = ~np.isnan(drops)
+    picks = []
+    for _ in range(min(k, drops.shape[1])):
+        masked = np.where(available, drops, -np.inf)
+        best = masked.max(axis=1, keepdims=True)
+        tied = available & np.isclose(masked, best, rtol=0, atol=TIE_TOLERANCE)
+        tied_probs = np.where(tied, probs, -np.inf)
+        best_prob = tied_probs.max(axis=1, keepdims=True)
+        chosen = tied & (tied_probs >= best_prob - PROB_TIE_TOLERANCE)
+        pick = np.where(available.any(axis=1), chosen.argmax(axis=1), -1)
+        rows = np.flatnonzero(pick >= 0)
+        available[rows, pick[rows]] = False
+        picks.append(pick)
+    return np.stack(picks, axis=1) if picks else np.empty((len(drops), 0), dtype=np.int64)
+
+
 def drop_tables(
     units: np.ndarray,
     correct: np.ndarray,
@@ -43,8 +74,8 @@ def drop_tables(
     """Compute D_u, d_uc, M_u, c*_u (ties: larger mean true-class probability drop), n_tied,
     classes hurt by at least each threshold, and the mean of the five largest class drops.
 
-    Classes without eval images get NaN drops and are never the most-hurt class. Probability
-    drops within 1e-12 are equal, so a unit whose ablation changes nothing (all d_uc 0, n_tied
+    Classes without eval images get NaN drops and are never the most-hurt class. The most-hurt
+    class is `rank_classes`' first: a unit whose ablation changes nothing (all d_uc 0, n_tied
     the number of classes) gets the lowest class index, not the class of a rounding error.
     """
     units = np.asarray(units)
@@ -59,6 +90,8 @@ def drop_tables(
     if len(np.unique(units)) != len(units):
         raise ValueError("a unit appears in more than one shard")
     present = sizes > 0
+    if not present.any():
+        raise ValueError("no class has eval images")
     with np.errstate(invalid="ignore", divide="ignore"):
         base_accuracy = np.where(present, 100.0 * baseline_correct / sizes, np.nan)
         class_accuracy = np.where(present, 100.0 * correct / sizes, np.nan)
@@ -72,13 +105,9 @@ def drop_tables(
 
     usable = np.where(present[None, :], class_drop, -np.inf)
     max_drop = usable.max(axis=1)
-    tied = np.isclose(usable, max_drop[:, None], rtol=0, atol=1e-9) & present[None, :]
+    tied = np.isclose(usable, max_drop[:, None], rtol=0, atol=TIE_TOLERANCE) & present[None, :]
     n_tied = tied.sum(axis=1)
-    tie_break = np.where(tied, np.nan_to_num(prob_drop, nan=-np.inf), -np.inf)
-    # probability drops within PROB_TIE_TOLERANCE are equal: a unit whose ablation changes
-    # nothing (a dead unit) has drops of summation noise (~1e-16), which must not pick the class
-    best = tie_break.max(axis=1, keepdims=True)
-    most_hurt = (tied & (tie_break >= best - PROB_TIE_TOLERANCE)).argmax(axis=1)  # lowest index
+    most_hurt = rank_classes(class_drop, prob_drop, 1)[:, 0]
     finite = np.where(present[None, :], class_drop, np.nan)
     top = -np.sort(-np.nan_to_num(finite, nan=-np.inf), axis=1)[:, : min(5, int(present.sum()))]
     table = {

@@ -18,7 +18,7 @@ import pandas as pd
 from scipy import stats
 
 from .degenerate import dead_flags
-from .drops import PROB_TIE_TOLERANCE
+from .drops import rank_classes
 
 NUMERIC_ATTRIBUTES: tuple[str, ...] = (
     "l1_in",
@@ -66,7 +66,6 @@ CLASS_PREDICTION_COLUMNS: tuple[str, ...] = (
     "n_excluded",
     "n_dead",
 )
-TIE_TOLERANCE = 1e-9  # class drops closer than this are tied, as in drops.drop_tables
 
 
 def _rng(seed: int, *names: str) -> np.random.Generator:
@@ -309,13 +308,9 @@ def top_classes(
     classes: Sequence[str],
     k: int = 5,
 ) -> list[str]:
-    """Each unit's k most-hurt classes joined by ';', ranked as the most-hurt class is chosen.
-
-    Classes are taken in decreasing class drop; drops within 1e-9 of the best remaining one are
-    tied and broken by the larger true-class probability drop (within 1e-12: equal), then by
-    the lower class index,
-    so the first name equals drops.drop_tables' most_hurt_class. Classes with NaN drop (no eval
-    images) are never listed, so a unit may list fewer than k.
+    """Each unit's k most-hurt classes joined by ';', ranked by drops.rank_classes (so the
+    first name is drop_tables' most_hurt_class). Classes with NaN drop (no eval images) are
+    never listed, so a unit may list fewer than k.
     """
     drops = np.asarray(class_drops, dtype=np.float64)
     probs = np.asarray(class_prob_drops, dtype=np.float64)
@@ -324,19 +319,5 @@ def top_classes(
             f"class drops {drops.shape} and probability drops {probs.shape} must both be "
             f"(units, {len(classes)})"
         )
-    probs = np.where(np.isnan(probs), -np.inf, probs)
-    available = ~np.isnan(drops)
-    picks = []
-    for _ in range(min(k, drops.shape[1])):
-        masked = np.where(available, drops, -np.inf)
-        best = masked.max(axis=1, keepdims=True)
-        tied = available & np.isclose(masked, best, rtol=0, atol=TIE_TOLERANCE)
-        tied_probs = np.where(tied, probs, -np.inf)
-        best_prob = tied_probs.max(axis=1, keepdims=True)
-        chosen = tied & (tied_probs >= best_prob - PROB_TIE_TOLERANCE)
-        pick = np.where(available.any(axis=1), chosen.argmax(axis=1), -1)
-        rows = np.flatnonzero(pick >= 0)
-        available[rows, pick[rows]] = False
-        picks.append(pick)
-    order = np.stack(picks, axis=1) if picks else np.empty((len(drops), 0), dtype=int)
+    order = rank_classes(drops, probs, k)
     return [";".join(classes[index] for index in row if index >= 0) for row in order]
