@@ -11,12 +11,13 @@ DenseNet, the pre-0.3 parameter names `norm.1`, `conv.2`. Their loader
 
 from __future__ import annotations
 
-import os
 import re
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from .store import atomic_path
 
 
 def remap_keys(state: Mapping[str, Any], rules: Sequence[Mapping[str, str]]) -> dict[str, Any]:
@@ -110,14 +111,8 @@ def convert_checkpoint(
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
         raise ValueError(f"checkpoint {source} does not fit torchvision {arch}: {error}") from error
-    final = Path(output)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    temporary = final.with_name(f".{final.name}.partial-{os.getpid()}")
-    try:
+    with atomic_path(output) as temporary:
         torch.save({"state_dict": state}, temporary)
-        os.replace(temporary, final)
-    finally:
-        temporary.unlink(missing_ok=True)
     return list(state)
 
 

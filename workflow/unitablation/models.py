@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .store import atomic_path
+
 TINY_ARCH = "tinyalex"
 
 #: torchvision architectures the pipeline can build; weights come from a local file.
@@ -237,11 +239,9 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
 
 def save_checkpoint(path: str | Path, model: nn.Module, classes: Sequence[str]) -> None:
     """Write weights and class names atomically (temporary name, then rename)."""
-    final = Path(path)
-    temporary = final.with_name(f".{final.name}.partial")
     state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
-    torch.save({"state_dict": state, "classes": list(classes)}, temporary)
-    temporary.replace(final)
+    with atomic_path(path) as temporary:
+        torch.save({"state_dict": state, "classes": list(classes)}, temporary)
 
 
 def load_model(
