@@ -29,8 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,7 +45,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from reporting import hardware, print_table, timed  # noqa: E402
+from reporting import hardware, peak_rss_mb, print_table, run_json_child, timed  # noqa: E402
 
 from unitablation.ablation import AblationEngine  # noqa: E402
 from unitablation.extraction import LayerRecorder, extract_activations  # noqa: E402
@@ -343,21 +341,6 @@ def matmul_gflops(size: int, repeats: int) -> float:
     return 2 * size**3 / best / 1e9
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident set size in MB.
-
-    Linux's VmHWM belongs to the process's own address space; ru_maxrss (the fallback elsewhere)
-    also keeps the parent's resident size at fork, which would hide a small child's peak.
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def rss_child(args: argparse.Namespace) -> None:
     """Subprocess body: streaming extraction to HDF5 then engine.run; prints peak RSS as JSON."""
     torch.set_num_threads(args.threads)
@@ -409,10 +392,7 @@ def measure_rss(args: argparse.Namespace) -> list[dict[str, object]]:
             "--seed",
             str(args.seed),
         ]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"RSS child for N={count} failed:\n{done.stderr}")
-        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        results.append(run_json_child(command, f"RSS child for N={count}")[0])
     return results
 
 

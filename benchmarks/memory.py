@@ -10,7 +10,7 @@ rule script's `main()` with config.yaml's settings (device cpu), each in a fresh
 - ablate shard: workflow/scripts/ablate_shard.py, shard 0 (`ablation.shard_size` units);
 - concept IoU: workflow/scripts/concept_iou.py, unit basis.
 
-Each process reports its peak RSS (getrusage ru_maxrss, and Linux's VmHWM, which agree) and its
+Each process reports its peak RSS (Linux's VmHWM; reporting.peak_rss_mb) and its
 RSS right after imports (torch, torchvision, h5py, the script) and building the model from the
 checkpoint; "working" is the peak above that. The target is peak(8N) / peak(N) < 1.5 for every
 job. Prints a table and writes the figures as JSON.
@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +33,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow"))
 sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from reporting import (  # noqa: E402
+    hardware,
+    peak_rss_mb,
+    print_table,
+    proc_status_mb,
+    run_json_child,
+)
 
 RATIO_TARGET = 1.5
 SCALE = 8
@@ -65,22 +71,6 @@ def model_entry(config: dict) -> dict:
     return {**config["models"][MODEL], "image_size": config["world"]["image_size"]}
 
 
-def status_mb(field: str) -> float:
-    """A memory field of /proc/self/status (VmRSS, VmHWM) in MB, or NaN where there is none."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
-def maxrss_mb() -> float:
-    """This process's peak resident set size in MB (getrusage; kB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 # ---------------------------------------------------------------------------------------------
 # Child process: one job.
 
@@ -99,7 +89,7 @@ def run_job(job: str, data: Path, layer: str) -> dict[str, object]:
     entry = model_entry(config)
     weights = str(data / "model.pt")
     load_configured_model(entry, weights, torch.device("cpu"))
-    baseline = status_mb("VmRSS")
+    baseline = proc_status_mb("VmRSS")
     started = time.perf_counter()
     device, stores = "cpu", data / "activations"  # host memory is what is measured
     if job in ("extract_eval", "extract_concept"):
@@ -151,8 +141,7 @@ def run_job(job: str, data: Path, layer: str) -> dict[str, object]:
     return {
         "seconds": time.perf_counter() - started,
         "baseline_rss_mb": baseline,
-        "peak_rss_mb": maxrss_mb(),
-        "vm_hwm_mb": status_mb("VmHWM"),
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
@@ -203,11 +192,8 @@ def child(job: str, data: Path, layer: str) -> dict[str, object]:
         "--layer",
         layer,
     ]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"{job} on {data} failed:\n{done.stderr[-4000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    described = [line for line in done.stderr.splitlines() if " units 0.." in line]
+    result, stderr = run_json_child(command, f"{job} on {data}")
+    described = [line for line in stderr.splitlines() if " units 0.." in line]
     if described:
         result["describe"] = described[-1].strip()
     return result
@@ -242,8 +228,6 @@ def main() -> None:
         print(json.dumps(run_job(args.job, args.data, args.layer)))
         return
 
-    from reporting import hardware, print_table
-
     started = time.perf_counter()
     config = load_config()
     info = hardware(config["activations"]["threads"], ("h5py", "torchvision"))
@@ -273,9 +257,8 @@ def main() -> None:
                 runs[images][job] = child(job, data, args.layer)
                 item = runs[images][job]
                 print(
-                    f"#   N={images} {TITLES[job]}: peak {item['peak_rss_mb']:.0f} MB "
-                    f"(VmHWM {item['vm_hwm_mb']:.0f}), after imports "
-                    f"{item['baseline_rss_mb']:.0f} MB, {item['seconds']:.1f} s "
+                    f"#   N={images} {TITLES[job]}: peak {item['peak_rss_mb']:.0f} MB, "
+                    f"after imports {item['baseline_rss_mb']:.0f} MB, {item['seconds']:.1f} s "
                     f"(world written in {prepared['world_s']:.1f} s)",
                     flush=True,
                 )

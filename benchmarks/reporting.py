@@ -1,15 +1,19 @@
-"""Shared benchmark helpers: what the figures were measured on, timing and table printing."""
+"""Shared benchmark helpers: what the figures were measured on, timing, peak memory of child
+processes and table printing."""
 
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
+import resource
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import psutil
@@ -61,6 +65,38 @@ def timed(function: Callable[[], T]) -> tuple[T, float]:
     started = time.perf_counter()
     result = function()
     return result, time.perf_counter() - started
+
+
+def proc_status_mb(field: str) -> float:
+    """A memory field of Linux's /proc/self/status (VmRSS, VmHWM) in MB; NaN without it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MB.
+
+    Linux's VmHWM belongs to the process's own address space; ru_maxrss (the fallback elsewhere)
+    also keeps the parent's resident size at fork, which would hide a small child's peak.
+    """
+    peak = proc_status_mb("VmHWM")
+    if peak == peak:  # not NaN
+        return peak
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_json_child(command: list[str], what: str) -> tuple[dict[str, Any], str]:
+    """Run a benchmark's child process (a fresh interpreter, so that its peak RSS is its own):
+    the JSON object on the last line of its stdout, and its stderr."""
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{what} failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
 
 
 def format_cell(value: object) -> str:
