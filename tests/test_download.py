@@ -49,8 +49,7 @@ from unitablation.download import (
     merge_items,
 )
 from unitablation.eval_sets import (
-    build_imagenet_val,
-    build_places365_val,
+    build_eval_set,
     places365_folder_names,
 )
 from unitablation.images import ImageFolderSet, Preprocess
@@ -430,7 +429,9 @@ def test_places365_val_becomes_class_folders(tmp_path: Path) -> None:
     (tmp_path / "val_256.tar").write_bytes(val_tar)
     (tmp_path / "filelist.tar").write_bytes(filelist)
     output = tmp_path / "prepared" / "places365_val"
-    counts = build_places365_val(tmp_path / "val_256.tar", tmp_path / "filelist.tar", output)
+    counts = build_eval_set(
+        "places365", tmp_path / "val_256.tar", tmp_path / "filelist.tar", output
+    )
     assert counts == {"airfield": 2, "field-cultivated": 2, "field-wild": 2, "field_road": 2}
     dataset = ImageFolderSet(output, Preprocess())
     assert dataset.classes == list(counts)  # sorted folders = class index order
@@ -448,7 +449,7 @@ def test_imagenet_val_becomes_wnid_folders(tmp_path: Path) -> None:
     (tmp_path / "val.tar").write_bytes(images)
     (tmp_path / "devkit.tar.gz").write_bytes(devkit)
     output = tmp_path / "imagenet_val"
-    counts = build_imagenet_val(tmp_path / "val.tar", tmp_path / "devkit.tar.gz", output)
+    counts = build_eval_set("imagenet", tmp_path / "val.tar", tmp_path / "devkit.tar.gz", output)
     assert list(counts) == ["n01000000", "n02000000", "n03000000"]  # torchvision's order
     dataset = ImageFolderSet(output, Preprocess())
     assert [truth[path.name] for path, _ in dataset.samples] == [
@@ -464,7 +465,9 @@ def test_a_missing_labelled_image_fails_and_leaves_nothing(tmp_path: Path) -> No
     (tmp_path / "val.tar").write_bytes(tar_bytes(kept))
     (tmp_path / "filelist.tar").write_bytes(filelist)
     with pytest.raises(ValueError, match="lacks 1 labelled image"):
-        build_places365_val(tmp_path / "val.tar", tmp_path / "filelist.tar", tmp_path / "out" / "v")
+        build_eval_set(
+            "places365", tmp_path / "val.tar", tmp_path / "filelist.tar", tmp_path / "out" / "v"
+        )
     assert leftovers(tmp_path / "out") == []
 
 

@@ -45,29 +45,33 @@ rule download_archive:
 rule prepare_places365_val:
     input:
         images=download_path("places365_val_256"),
-        filelist=download_path("places365_filelist"),
+        labels=download_path("places365_filelist"),
     output:
         directory("resources/prepared/places365_val"),
     log:
         "results/logs/prepare_places365_val.log",
     conda:
         env_file("analysis")
+    params:
+        dataset="places365",
     script:
-        script_file("download_places365_val.py")
+        script_file("prepare_eval_set.py")
 
 
 rule prepare_imagenet_val:
     input:
         images=download_path("imagenet_val"),
-        devkit=download_path("imagenet_devkit"),
+        labels=download_path("imagenet_devkit"),
     output:
         directory("resources/prepared/imagenet_val"),
     log:
         "results/logs/prepare_imagenet_val.log",
     conda:
         env_file("analysis")
+    params:
+        dataset="imagenet",
     script:
-        script_file("download_imagenet_val.py")
+        script_file("prepare_eval_set.py")
 
 
 rule convert_checkpoint:

@@ -169,23 +169,23 @@ def build_image_folder(
     return counts
 
 
-def build_places365_val(
+#: Per published eval split: the reader of its label archive -> (class folders, image -> folder).
+LABEL_READERS: dict[str, Callable[[str | Path], tuple[list[str], dict[str, str]]]] = {
+    "places365": read_places365_filelist,
+    "imagenet": read_imagenet_devkit,
+}
+
+
+def build_eval_set(
+    dataset: str,
     val_tar: str | Path,
-    filelist_tar: str | Path,
+    labels_tar: str | Path,
     output: str | Path,
     progress: Progress | None = None,
 ) -> dict[str, int]:
-    """Places365-Standard val as class folders (see the module docstring)."""
-    folders, labels = read_places365_filelist(filelist_tar)
+    """A published val split (`places365`: val_256.tar + file list; `imagenet`: the val tar +
+    devkit) as class folders (see the module docstring)."""
+    if dataset not in LABEL_READERS:
+        raise ValueError(f"unknown eval set {dataset!r}; known: {', '.join(LABEL_READERS)}")
+    folders, labels = LABEL_READERS[dataset](labels_tar)
     return build_image_folder(val_tar, labels, folders, output, progress)
-
-
-def build_imagenet_val(
-    val_tar: str | Path,
-    devkit_tar: str | Path,
-    output: str | Path,
-    progress: Progress | None = None,
-) -> dict[str, int]:
-    """ILSVRC2012 val as WNID class folders (see the module docstring)."""
-    wnids, labels = read_imagenet_devkit(devkit_tar)
-    return build_image_folder(val_tar, labels, wnids, output, progress)
