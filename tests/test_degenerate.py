@@ -20,9 +20,9 @@ from workflow_runs import snakemake, write_config
 from unitablation.accuracy import class_accuracy_table, never_predicted
 from unitablation.attributes import accumulate, attribute_table, softmax
 from unitablation.broden import BrodenWriter, LabelDef, read_broden
-from unitablation.concepts import concept_iou
+from unitablation.concepts import concept_classes, concept_iou, concept_labels
 from unitablation.cumulative import class_rankings
-from unitablation.degenerate import blank_unmatched_concepts, dead_flags
+from unitablation.degenerate import dead_flags
 from unitablation.drops import drop_tables
 from unitablation.figures import (
     attributes_figure,
@@ -255,18 +255,20 @@ def test_a_dead_unit_marks_no_pixel_and_names_no_concept(tmp_path: Path) -> None
     # unit 1: I = 1, A = 1 (its one pixel), G = 3 box pixels: IoU = 1 / (1 + 3 - 1)
     assert result.activation[1].sum() == 1 and result.intersection[1, box] == 1
     assert result.iou[1, box] == pytest.approx(1 / 3)
+    # an argmax over the dead unit's all-zero IoUs would name the first label ("box")
+    assert result.best()[0].tolist() == [-1, box]
     table = result.table()
-    table.insert(4, "concept_class", ["a", "b"])
-    assert table.loc[0, "concept"] == "box"  # argmax over all-zero IoUs: the first label
-    blanked = blank_unmatched_concepts(table)
-    assert blanked.loc[0, ["concept", "concept_category", "concept_class"]].tolist() == [""] * 3
-    assert blanked.loc[0, "concept_object"] == "" and blanked.loc[0, "iou"] == 0.0
-    assert blanked.loc[1, ["concept", "concept_category", "concept_class"]].tolist() == [
+    assert table.loc[0, ["concept", "concept_category"]].tolist() == ["", ""]
+    assert table.loc[0, "concept_object"] == "" and table.loc[0, "iou"] == 0.0
+    assert table.loc[1, ["concept", "concept_category", "concept_object"]].tolist() == [
         "box",
         "object",
-        "b",
+        "box",
     ]
-    assert not blanked["is_detector"].iloc[0]
+    assert not table["is_detector"].iloc[0]
+    labels = concept_labels(broden)
+    classes = ["box", "ball"]  # class names that are label names: box implies class "box"
+    assert concept_classes(labels, result.best()[0], classes) == ["", "box"]
 
 
 # ---------------------------------------------------------------------------------------------

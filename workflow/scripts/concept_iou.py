@@ -19,7 +19,6 @@ from unitablation.concepts import (  # noqa: E402
     concept_labels,
     store_reader,
 )
-from unitablation.degenerate import blank_unmatched_concepts  # noqa: E402
 from unitablation.logs import logged_to, progress_options  # noqa: E402
 from unitablation.rotation import haar_rotation, parse_basis  # noqa: E402
 from unitablation.store import ActivationStore, atomic_paths  # noqa: E402
@@ -56,7 +55,6 @@ def main(
         bar.close()
     table = result.table(concepts["iou_threshold"])
     table.insert(4, "concept_class", concept_classes(labels, result.best()[0], classes))
-    table = blank_unmatched_concepts(table)
     print(
         f"{n_units} units, {len(result.label_numbers)} labels; detectors (IoU >= "
         f"{concepts['iou_threshold']}): {int(table['is_detector'].sum())}; overlapping no "

@@ -66,9 +66,16 @@ class ConceptResult:
     quantile: float
 
     def best(self) -> tuple[np.ndarray, np.ndarray]:
-        """(column of the best label, its IoU) per unit; ties go to the lowest label number."""
-        column = np.argmax(self.iou, axis=1) if self.iou.shape[1] else np.zeros(0, np.int64)
-        return column, self.iou[np.arange(len(column)), column]
+        """(column of the best label, its IoU) per unit; ties go to the lowest label number.
+
+        A unit whose best IoU is 0 overlaps no concept (e.g. a dead unit: T_u = 0 and its mask,
+        map > T_u, is empty): its column is -1, not the first label an argmax over zeros names.
+        """
+        if not self.iou.shape[1]:
+            return np.zeros(0, np.int64), np.zeros(0, np.float64)
+        column = np.argmax(self.iou, axis=1)
+        best = self.iou[np.arange(len(column)), column]
+        return np.where(best > 0, column, -1), best
 
     def table(self, iou_threshold: float = 0.04) -> pd.DataFrame:
         """One row per unit: best concept, detector flag, threshold, best IoU per category."""
@@ -76,8 +83,8 @@ class ConceptResult:
         if not self.iou.shape[1]:
             raise ValueError("the concept set has no labels")
         column, best = self.best()
-        names = np.array(self.label_names, dtype=object)
-        cats = np.array(self.label_categories, dtype=object)
+        names = np.array([*self.label_names, ""], dtype=object)  # column -1: no concept
+        cats = np.array([*self.label_categories, ""], dtype=object)
         data: dict[str, object] = {
             "unit": np.arange(units),
             "iou": best,
@@ -87,12 +94,13 @@ class ConceptResult:
             "threshold": self.thresholds,
         }
         for category in self.categories:
-            members = np.flatnonzero(cats == category)
+            members = np.flatnonzero(cats[:-1] == category)
             if not len(members):
                 continue
             local = members[np.argmax(self.iou[:, members], axis=1)]
-            data[f"iou_{category}"] = self.iou[np.arange(units), local]
-            data[f"concept_{category}"] = names[local]
+            local_iou = self.iou[np.arange(units), local]
+            data[f"iou_{category}"] = local_iou
+            data[f"concept_{category}"] = names[np.where(local_iou > 0, local, -1)]
         return pd.DataFrame(data)
 
 
@@ -511,10 +519,11 @@ def concept_classes(
 ) -> list[str]:
     """The concept-implied class of each unit: the class whose images most often carry its concept.
 
-    `concepts` holds result columns (one per unit). A class counts when the concept set has a
-    label of the same name (in the default world, and partly in Broden with Places365, scene
-    labels are the classes); an image "carries" a label when any of its pixels (or the image, for
-    image-level labels) has it. Ties go to the lower class index; no usable class gives "".
+    `concepts` holds result columns (one per unit; -1, no concept, gives ""). A class counts
+    when the concept set has a label of the same name (in the default world, and partly in
+    Broden with Places365, scene labels are the classes); an image "carries" a label when any of
+    its pixels (or the image, for image-level labels) has it. Ties go to the lower class index;
+    no usable class gives "".
     """
     present = np.zeros((len(labels), len(labels.index.numbers)), dtype=bool)
     for row, item in enumerate(labels.images):
@@ -531,6 +540,9 @@ def concept_classes(
     )
     result = []
     for column in concepts:
+        if column < 0:
+            result.append("")
+            continue
         rates = rate[column]
         result.append(classes[usable[int(np.argmax(rates))][0]] if rates.max() > 0 else "")
     return result
