@@ -10,7 +10,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,20 +20,26 @@ import torch
 from unitablation.lease import LOCK_DIR_ENV, VISIBLE_ENV, gpu_lease
 
 # Takes a lease with a faked GPU count, reports it on stdout, holds it until a line on stdin.
+# Each poll of a taken slot prints POLL, so a test can wait for polls instead of sleeping.
 HOLDER_SCRIPT = """
 import sys, time
 from unitablation.lease import gpu_lease
 name, lock_dir, count, timeout = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 timeout = None if timeout == "none" else float(timeout)
 def log(message):
-    print("LOG", time.time(), message, flush=True)
+    print("LOG", message, flush=True)
+def sleep(seconds):
+    print("POLL", seconds, flush=True)
+    time.sleep(seconds)
 with gpu_lease(name, lock_dir, device_count=lambda: count, poll_seconds=0.05,
-               timeout_seconds=timeout, log=log) as lease:
-    print("LEASED", time.time(), lease.device, lease.lock_path, flush=True)
+               timeout_seconds=timeout, log=log, sleep=sleep) as lease:
+    print("LEASED", lease.device, lease.lock_path, flush=True)
     sys.stdin.readline()
-    print("RELEASING", time.time(), flush=True)
+    print("RELEASING", flush=True)
 """
-LINE_TIMEOUT = 60.0  # generous: a loaded 2-core machine takes seconds to import torch
+#: Guards against a hung holder only (a loaded 2-core machine takes seconds to import torch);
+#: no test asserts how long anything takes.
+LINE_TIMEOUT = 120.0
 
 
 @dataclass
@@ -45,30 +50,34 @@ class Holder:
     lines: queue.Queue[str] = field(default_factory=queue.Queue)
     reader: threading.Thread | None = None
 
-    def expect(self, kind: str) -> list[str]:
-        """Next stdout line, which must start with `kind`; returns its fields after the kind."""
+    def next_line(self) -> str:
+        """The next stdout line, waiting for it (the deadline only guards against a hang)."""
         try:
-            line = self.lines.get(timeout=LINE_TIMEOUT)
+            return self.lines.get(timeout=LINE_TIMEOUT)
         except queue.Empty:
-            pytest.fail(f"holder {self.process.pid} printed no {kind} line in {LINE_TIMEOUT} s")
-        parts = line.split(" ", 2)
-        assert parts[0] == kind, f"expected {kind}, got {line!r}"
-        return parts[1:]
+            pytest.fail(f"holder {self.process.pid} printed nothing in {LINE_TIMEOUT} s")
 
-    def leased(self) -> tuple[float, str, str]:
-        """Wait for the LEASED line; returns when, the device and the lock path."""
-        when, rest = self.expect("LEASED")
-        device, lock_path = rest.split(" ", 1)
-        return float(when), device, lock_path
+    def expect(self, kind: str) -> str:
+        """Next stdout line other than POLL, which must start with `kind`; returns the rest."""
+        line = self.next_line()
+        while line.startswith("POLL ") and kind != "POLL":
+            line = self.next_line()
+        head, _, rest = line.partition(" ")
+        assert head == kind, f"expected {kind}, got {line!r}"
+        return rest
 
-    def stop(self) -> float:
-        """Tell the holder to leave its lease block; returns when it started releasing."""
+    def leased(self) -> tuple[str, str]:
+        """Wait for the LEASED line; returns the device and the lock path."""
+        device, lock_path = self.expect("LEASED").split(" ", 1)
+        return device, lock_path
+
+    def stop(self) -> None:
+        """Tell the holder to leave its lease block, and wait until it has exited cleanly."""
         assert self.process.stdin is not None
         self.process.stdin.write("stop\n")
         self.process.stdin.flush()
-        (when,) = self.expect("RELEASING")
+        self.expect("RELEASING")
         assert self.process.wait(timeout=LINE_TIMEOUT) == 0
-        return float(when)
 
 
 def _pump(holder: Holder) -> None:
@@ -201,24 +210,42 @@ def test_exact_index(tmp_path: Path) -> None:
         pass
 
 
+@dataclass
+class FakeClock:
+    """A monotonic clock that only moves when the lease sleeps; records every sleep."""
+
+    now: float = 100.0
+    sleeps: list[float] = field(default_factory=list)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
 def test_nested_lease_in_one_process_times_out(tmp_path: Path) -> None:
     messages: list[str] = []
+    clock = FakeClock()
     with gpu_lease("cuda", tmp_path, device_count=fake(1)) as held:
         assert held.slot == 0
-        start = time.monotonic()
         with (
-            pytest.raises(TimeoutError, match=f"lock dir {tmp_path}"),
+            pytest.raises(TimeoutError, match=rf"after 0\.5 s: slots \[0\].*lock dir {tmp_path}"),
             gpu_lease(
                 "cuda",
                 tmp_path,
                 device_count=fake(1),
-                poll_seconds=0.1,
+                poll_seconds=0.125,
                 timeout_seconds=0.5,
                 log=messages.append,
+                clock=clock,
+                sleep=clock.sleep,
             ),
         ):
             pass
-        assert 0.5 <= time.monotonic() - start < 2.0
+    # It polls every poll_seconds and gives up once timeout_seconds have passed on its clock.
+    assert clock.sleeps == [0.125] * 4
     assert len(messages) == 1  # logs the wait once, not on every poll
     assert f"slot 0 (gpu-0.lock, pid {os.getpid()} on {socket.gethostname()}) taken" in messages[0]
     # Released on exit, so the slot is free again at once.
@@ -298,24 +325,23 @@ def test_processes_share_gpus_and_third_waits(
 ) -> None:
     first = start_holder("cuda", tmp_path, 2)
     second = start_holder("cuda", tmp_path, 2)
-    leases = {first.leased()[1]: first, second.leased()[1]: second}
+    leases = {first.leased()[0]: first, second.leased()[0]: second}
     assert sorted(leases) == ["cuda:0", "cuda:1"]
     for device, holder in leases.items():
         lock_file = tmp_path / f"gpu-{device[-1]}.lock"
         assert lock_file.read_text().split() == [str(holder.process.pid), socket.gethostname()]
 
     third = start_holder("cuda", tmp_path, 2)
-    (waiting_since, message) = third.expect("LOG")
+    message = third.expect("LOG")
     assert "waiting for a GPU lease" in message
     for holder in leases.values():
         assert f"pid {holder.process.pid} " in message
-    time.sleep(0.3)  # several polls go by with both slots still taken
-    assert third.lines.empty()
-    released_at = leases["cuda:1"].stop()
-    third.expect("LOG")  # "got GPU slot 1 after ..."
-    leased_at, device, _ = third.leased()
+    for _ in range(3):  # three polls go by with both slots still taken, and nothing else
+        assert third.next_line() == "POLL 0.05"
+    leases["cuda:1"].stop()  # returns once the holder has exited, so slot 1 is free
+    assert third.expect("LOG").startswith("got GPU slot 1 after ")
+    device, _ = third.leased()
     assert device == "cuda:1"
-    assert float(waiting_since) < released_at <= leased_at
     third.stop()
     leases["cuda:0"].stop()
 
@@ -324,7 +350,7 @@ def test_lease_dies_with_a_killed_process(
     start_holder: Callable[..., Holder], tmp_path: Path
 ) -> None:
     holder = start_holder("cuda", tmp_path, 1)
-    assert holder.leased()[1] == "cuda:0"
+    assert holder.leased()[0] == "cuda:0"
     with (
         pytest.raises(TimeoutError),
         gpu_lease("cuda", tmp_path, device_count=fake(1), timeout_seconds=0),
@@ -341,8 +367,8 @@ def test_disjoint_visible_devices_do_not_block(
 ) -> None:
     on_two = start_holder("cuda", tmp_path, 1, timeout=0, visible="2")
     on_three = start_holder("cuda", tmp_path, 1, timeout=0, visible="3")
-    (_, device_two, lock_two) = on_two.leased()
-    (_, device_three, lock_three) = on_three.leased()
+    device_two, lock_two = on_two.leased()
+    device_three, lock_three = on_three.leased()
     assert (device_two, device_three) == ("cuda:0", "cuda:0")
     assert (lock_two, lock_three) == (str(tmp_path / "gpu-2.lock"), str(tmp_path / "gpu-3.lock"))
     on_two.stop()

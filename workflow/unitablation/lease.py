@@ -150,16 +150,18 @@ def _acquire(
     poll_seconds: float,
     timeout_seconds: float | None,
     log: Callable[[str], None],
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
 ) -> tuple[_Slot, int, bool]:
     """Lock the first free slot, polling while all are taken; returns it, its fd and writability."""
-    start = time.monotonic()
+    start = clock()
     opened = [_open_lock_file(slot.lock_path) for slot in slots]
     fds = [fd for fd, _ in opened]
     won: int | None = None
     try:
         waiting = False
         while (won := next((i for i, fd in enumerate(fds) if _try_lock(fd)), None)) is None:
-            waited = time.monotonic() - start
+            waited = clock() - start
             if timeout_seconds is not None and waited >= timeout_seconds:
                 raise TimeoutError(
                     f"no GPU lease after {waited:.1f} s: slots {[slot.index for slot in slots]} "
@@ -169,9 +171,9 @@ def _acquire(
                 log(_waiting_message(slots, fds, poll_seconds, timeout_seconds))
                 waiting = True
             remaining = float("inf") if timeout_seconds is None else timeout_seconds - waited
-            time.sleep(min(poll_seconds, remaining))
+            sleep(min(poll_seconds, remaining))
         if waiting:
-            log(f"got GPU slot {slots[won].index} after {time.monotonic() - start:.1f} s")
+            log(f"got GPU slot {slots[won].index} after {clock() - start:.1f} s")
         return slots[won], *opened[won]
     finally:
         for i, fd in enumerate(fds):
@@ -204,6 +206,8 @@ def gpu_lease(
     poll_seconds: float = 1.0,
     timeout_seconds: float | None = None,
     log: Callable[[str], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> Iterator[Lease]:
     """Hold a device for the block: cpu needs no lock; a GPU is reserved by flocking its slot.
 
@@ -211,9 +215,10 @@ def gpu_lease(
     'cuda' (the first free visible GPU); 'cuda:N' (exactly visible GPU N, waiting while taken).
     device_count defaults to torch.cuda.device_count and is injectable so tests can fake GPUs.
     While every wanted slot is taken it logs once (default: stderr) and polls every poll_seconds;
-    past timeout_seconds it raises TimeoutError. The lock is released when the block exits, on
-    exceptions too, and by the kernel if the process dies. Moving tensors to lease.device (and
-    any torch.cuda.set_device) is the caller's job.
+    past timeout_seconds it raises TimeoutError. clock and sleep time that wait (injectable so
+    tests can count polls instead of watching a wall clock). The lock is released when the block
+    exits, on exceptions too, and by the kernel if the process dies. Moving tensors to
+    lease.device (and any torch.cuda.set_device) is the caller's job.
     """
     kind, requested = _parse_device_name(device_name)
     if poll_seconds <= 0:
@@ -254,7 +259,7 @@ def gpu_lease(
     ]
     wanted = slots if requested is None else [slots[requested]]
     slot, fd, writable = _acquire(
-        wanted, directory, poll_seconds, timeout_seconds, log or _log_to_stderr
+        wanted, directory, poll_seconds, timeout_seconds, log or _log_to_stderr, clock, sleep
     )
     try:
         if writable:
