@@ -192,7 +192,7 @@ def test_full_size_table_bootstraps_without_a_per_resample_loop(
     """512 units x 1000 resamples: one scipy Spearman call per row, none per resample.
 
     What keeps the table fast is that the resamples are ranked and correlated as arrays; the
-    time itself is measured by benchmarks/statistics.py, not asserted here.
+    time itself is measured by benchmarks/correlations.py, not asserted here.
     """
     rng = np.random.default_rng(0)
     n = 512

@@ -11,8 +11,8 @@ normal distribution, a fifth of each column rounded so that ranks tie) and times
 Both run over all rows and all resamples (no extrapolation). Prints a table and writes the
 figures as JSON. The unit tests check the vectorised path against a loop; only this script times.
 
-    python benchmarks/statistics.py [--units 512] [--bootstrap 1000] [--repeats 3]
-        [--json results/benchmarks/statistics.json]
+    python benchmarks/correlations.py [--units 512] [--bootstrap 1000] [--repeats 3]
+        [--json results/benchmarks/correlations.json]
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of ours (best kept)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--json", type=Path, default=ROOT / "results" / "benchmarks" / "statistics.json"
+        "--json", type=Path, default=ROOT / "results" / "benchmarks" / "correlations.json"
     )
     args = parser.parse_args()
     started = time.perf_counter()
