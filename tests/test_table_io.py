@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from unitablation.statistics import CLASS_ATTRIBUTES
-from unitablation.table_io import CLASS_COLUMNS, is_name_column, read_table
+from unitablation.table_io import CLASS_COLUMNS, is_name_column, read_class_matrix, read_table
 
 
 def write(path: Path, text: str) -> Path:
@@ -94,3 +94,11 @@ def test_unreadable_table_names_the_file(tmp_path: Path) -> None:
     path = write(tmp_path / "broken.csv", 'unit,class\n0,1,2,3\n"unterminated\n')
     with pytest.raises(ValueError, match="broken.csv"):
         read_table(path)
+
+
+def test_class_matrix_keeps_numeric_drops_under_any_class_name(tmp_path: Path) -> None:
+    path = write(tmp_path / "class_drops.csv", "unit,layer,3,concept_x\n0,25,,-25\n1,0,50,0\n")
+    table = read_class_matrix(path)
+    assert list(table.columns) == ["unit", "layer", "3", "concept_x"]
+    np.testing.assert_array_equal(table["layer"].to_numpy(), [25.0, 0.0])
+    np.testing.assert_array_equal(table["3"].to_numpy(), [np.nan, 50.0])

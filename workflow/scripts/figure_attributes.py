@@ -6,7 +6,6 @@ from pathlib import Path
 if "snakemake" in globals():  # make the library importable inside any rule environment
     sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 
-import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from unitablation.figures import (  # noqa: E402
@@ -16,12 +15,13 @@ from unitablation.figures import (  # noqa: E402
     scatter_attributes,
 )
 from unitablation.logs import logged_to  # noqa: E402
+from unitablation.table_io import read_table  # noqa: E402
 
 
 def main(units_table: str, correlations_table: str, stem: str, dpi: float) -> Figure:
     """Read units.csv and correlations.csv (unit basis); write <stem>.png and <stem>.pdf."""
-    units = pd.read_csv(units_table)
-    correlations = pd.read_csv(correlations_table)
+    units = read_table(units_table)
+    correlations = read_table(correlations_table)
     present = scatter_attributes(units)
     left_out = [a for a in SCATTER_ATTRIBUTES if a not in present]
     print(f"attributes plotted: {present}; without finite values: {left_out}", file=sys.stderr)

@@ -12,11 +12,12 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from unitablation.figures import class_prediction_figure, save_figure  # noqa: E402
 from unitablation.logs import logged_to  # noqa: E402
+from unitablation.table_io import read_table  # noqa: E402
 
 
 def main(prediction_tables: Sequence[str], stem: str, dpi: float) -> Figure:
     """Read class_prediction.csv of every layer; write <stem>.png and <stem>.pdf."""
-    tables = [pd.read_csv(path) for path in prediction_tables]
+    tables = [read_table(path) for path in prediction_tables]
     table = pd.concat(tables, ignore_index=True)
     layers = [str(t["layer"].iloc[0]) for t in tables if len(t)]
     print(f"{len(table)} class-prediction rows over layers {layers}", file=sys.stderr)

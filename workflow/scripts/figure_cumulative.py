@@ -7,11 +7,11 @@ from pathlib import Path
 if "snakemake" in globals():  # make the library importable inside any rule environment
     sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 
-import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from unitablation.figures import cumulative_figure, save_figure  # noqa: E402
 from unitablation.logs import logged_to  # noqa: E402
+from unitablation.table_io import read_table  # noqa: E402
 
 
 def main(
@@ -21,8 +21,7 @@ def main(
     if len(cumulative_tables) != len(layers):
         raise ValueError(f"{len(cumulative_tables)} cumulative tables for {len(layers)} layers")
     tables = {
-        layer: pd.read_csv(path, dtype={"class": str})
-        for layer, path in zip(layers, cumulative_tables, strict=True)
+        layer: read_table(path) for layer, path in zip(layers, cumulative_tables, strict=True)
     }
     for layer, table in tables.items():
         print(f"{layer}: {len(table)} rows, k = {sorted(set(table['k']))}", file=sys.stderr)

@@ -7,18 +7,18 @@ from pathlib import Path
 if "snakemake" in globals():  # make the library importable inside any rule environment
     sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 
-import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from unitablation.figures import drops_figure, save_figure  # noqa: E402
 from unitablation.logs import logged_to  # noqa: E402
+from unitablation.table_io import read_table  # noqa: E402
 
 
 def main(units_tables: Sequence[str], stem: str, dpi: float) -> Figure:
     """Read units.csv of every basis of one (model, layer); write <stem>.png and <stem>.pdf."""
     tables = {}
     for path in units_tables:
-        table = pd.read_csv(path)
+        table = read_table(path)
         tables[str(table["basis"].iloc[0]) if len(table) else Path(path).parent.name] = table
     first = next(iter(tables.values()))
     title = f"{first['model'].iloc[0]}, {first['layer'].iloc[0]}" if len(first) else None

@@ -7,7 +7,6 @@ if "snakemake" in globals():  # make the library importable inside any rule envi
     sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from unitablation.broden import read_broden  # noqa: E402
@@ -20,6 +19,7 @@ from unitablation.figures import (  # noqa: E402
 )
 from unitablation.logs import logged_to  # noqa: E402
 from unitablation.store import ActivationStore, open_hdf5  # noqa: E402
+from unitablation.table_io import read_class_matrix, read_table  # noqa: E402
 
 
 def main(
@@ -39,8 +39,8 @@ def main(
     A mask is the unit's map bilinearly upsampled to the image size, then > the unit's
     threshold T_u (from concepts.h5), as in Network Dissection.
     """
-    units = pd.read_csv(units_table)
-    class_drops = pd.read_csv(class_drops_table)
+    units = read_table(units_table)
+    class_drops = read_class_matrix(class_drops_table)
     class_drops.columns = ["unit", *map(str, class_drops.columns[1:])]
     chosen = example_units(units, example_units_count)
     broden = read_broden(broden_dir)

@@ -12,11 +12,12 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from unitablation.figures import rotation_figure, save_figure  # noqa: E402
 from unitablation.logs import logged_to  # noqa: E402
+from unitablation.table_io import read_table  # noqa: E402
 
 
 def main(units_tables: Sequence[str], stem: str, dpi: float) -> Figure:
     """Read units.csv of every (layer, basis) of one model; write <stem>.png and <stem>.pdf."""
-    units = pd.concat([pd.read_csv(path) for path in units_tables], ignore_index=True)
+    units = pd.concat([read_table(path) for path in units_tables], ignore_index=True)
     layers = list(dict.fromkeys(units["layer"].astype(str)))
     bases = list(dict.fromkeys(units["basis"].astype(str)))
     print(f"{len(units)} unit rows; layers {layers}; bases {bases}", file=sys.stderr)

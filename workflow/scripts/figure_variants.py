@@ -12,6 +12,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from unitablation.figures import baseline_accuracy, save_figure, variants_figure  # noqa: E402
 from unitablation.logs import logged_to  # noqa: E402
+from unitablation.table_io import read_table  # noqa: E402
 
 
 def main(
@@ -25,9 +26,9 @@ def main(
     order; write <stem>.png and <stem>.pdf."""
     if len(baseline_tables) != len(models):
         raise ValueError(f"{len(baseline_tables)} baseline tables for {len(models)} models")
-    units = pd.concat([pd.read_csv(path) for path in units_tables], ignore_index=True)
+    units = pd.concat([read_table(path) for path in units_tables], ignore_index=True)
     accuracy = {
-        model: baseline_accuracy(pd.read_csv(path))
+        model: baseline_accuracy(read_table(path))
         for model, path in zip(models, baseline_tables, strict=True)
     }
     for model, value in accuracy.items():

@@ -6,10 +6,9 @@ from pathlib import Path
 if "snakemake" in globals():  # make the library importable inside any rule environment
     sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 
-import pandas as pd  # noqa: E402
-
 from unitablation.logs import logged_to  # noqa: E402
 from unitablation.store import atomic_path, open_hdf5, require_datasets  # noqa: E402
+from unitablation.table_io import read_class_matrix, read_table  # noqa: E402
 from unitablation.tables import unit_table  # noqa: E402
 
 
@@ -29,11 +28,11 @@ def main(
         require_datasets(handle, ["class_prob_drops"], prob_drops)
         class_prob_drops = handle["class_prob_drops"][:]
     table = unit_table(
-        pd.read_csv(drops),
-        pd.read_csv(class_drops),
+        read_table(drops),
+        read_class_matrix(class_drops),
         class_prob_drops,
-        pd.read_csv(attributes),
-        pd.read_csv(concepts),
+        read_table(attributes),
+        read_table(concepts),
         {"model": model, "layer": layer, "basis": basis},
     )
     print(f"{len(table)} units, {len(table.columns)} columns", file=sys.stderr)

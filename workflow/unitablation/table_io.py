@@ -56,3 +56,17 @@ def read_table(path: str | Path, **options) -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise ValueError(f"cannot read table {path}: {error}") from error
     return table
+
+
+def read_class_matrix(path: str | Path, **options) -> pd.DataFrame:
+    """Read a units x classes table (class_drops.csv): `unit`, then one numeric column per class.
+
+    Its header holds the class names (kept verbatim as strings by pandas), so the name-column
+    rule of `read_table` must not apply: a class called "layer" would turn its drops into text.
+    """
+    try:
+        table = pd.read_csv(path, **options)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise ValueError(f"cannot read table {path}: {error}") from error
+    table.columns = [str(column) for column in table.columns]
+    return table
