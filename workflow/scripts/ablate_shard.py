@@ -13,7 +13,7 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from unitablation.ablation import AblationEngine  # noqa: E402
+from unitablation.ablation import AblationEngine, check_baseline, compare_baseline  # noqa: E402
 from unitablation.devices import use_full_float32  # noqa: E402
 from unitablation.images import ImageFolderSet, default_preprocess  # noqa: E402
 from unitablation.lease import gpu_lease  # noqa: E402
@@ -88,16 +88,44 @@ def main(
             len(classes),
             progress=lambda items: tqdm(items, total=total, **progress_options("image batches")),
         )
+        source = "images" if engine.needs_images else f"{maps_dtype(store, layer)} maps"
+        agreement = compare_baseline(
+            counts.baseline_predictions, store.logits(), ablation["tie_margin"]
+        )
     print(
         f"near ties (top-2 logits closer than {ablation['tie_margin']}): "
-        f"{int(counts.near_ties.sum())}",
+        f"{int(counts.near_ties.sum())}; gross losses (correct -> wrong): "
+        f"{int(counts.lost.sum())}",
         file=sys.stderr,
     )
+    print(
+        f"unablated predictions through the ablation path ({source}) that differ from the "
+        f"stored full-network logits: {agreement.differing} "
+        f"({agreement.beyond_ties} outside float ties)",
+        file=sys.stderr,
+    )
+    if source != "float16 maps":  # full precision must reproduce the network
+        check_baseline(agreement, model_name, layer, source)
     save_counts(
         shard_out,
         counts,
-        {"model": model_name, "layer": layer, "basis": basis, "mode": ablation["mode"]},
+        {
+            "model": model_name,
+            "layer": layer,
+            "basis": basis,
+            "mode": ablation["mode"],
+            "baseline_source": source,
+            "baseline_mismatches": agreement.differing,
+        },
     )
+
+
+def maps_dtype(store: ActivationStore, layer: str) -> str:
+    """Precision of the stored maps the replay reads (float32, or float16 by config)."""
+    group = store.layer(layer)
+    if "maps" not in group:
+        raise ValueError(f"activation store {store.path} holds no maps for layer {layer!r}")
+    return str(group["maps"].dtype)
 
 
 if "snakemake" in globals():

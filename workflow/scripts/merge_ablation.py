@@ -1,4 +1,7 @@
-"""Rule adapter: merge a layer's ablation shards into drops.csv, class_drops.csv and HDF5."""
+"""Rule adapter: merge a layer's ablation shards into drops.csv, class_drops.csv and HDF5.
+
+Every drop is baseline minus ablated, both computed by the engine on the same path (the
+shard job has checked that path's baseline against the stored full-network logits)."""
 
 import sys
 from collections.abc import Mapping, Sequence
@@ -17,14 +20,6 @@ from unitablation.shard_store import load_counts  # noqa: E402
 from unitablation.store import ActivationStore, atomic_paths  # noqa: E402
 
 
-def softmax_true_class(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Probability of the true class per image, in float64."""
-    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    probabilities = np.exp(shifted)
-    probabilities /= probabilities.sum(axis=1, keepdims=True)
-    return probabilities[np.arange(len(labels)), labels]
-
-
 def main(
     shards: Sequence[str],
     store_path: str,
@@ -33,36 +28,33 @@ def main(
     prob_drops_out: str,
     ablation: Mapping[str, Any],
 ) -> None:
-    """Baseline from the stored full-network logits; ablated counts from the shards."""
+    """Baseline and ablated counts from the shards, both through the engine's path."""
     counts, attrs = load_counts(shards)
     with ActivationStore(store_path) as store:
-        labels, logits, classes = store.labels(), store.logits(), store.classes
+        labels, classes = store.labels(), store.classes
     sizes = np.bincount(labels, minlength=len(classes))
     if not np.array_equal(sizes, counts.class_sizes):
         raise ValueError(f"shards were computed on other images than {store_path}")
-    baseline_hits = np.bincount(
-        labels, weights=logits.argmax(1) == labels, minlength=len(classes)
-    ).astype(np.int64)
-    baseline_prob = np.bincount(
-        labels, weights=softmax_true_class(logits, labels), minlength=len(classes)
-    )
-    mismatch = int(np.abs(baseline_hits - counts.baseline_correct).sum())
+    mismatches = int(attrs["baseline_mismatches"])
     print(
-        f"{len(counts.units)} units, method {counts.method}; baseline through the replay path "
-        f"differs from the full forward in {mismatch} class count(s)",
+        f"{len(counts.units)} units, method {counts.method}; unablated predictions through the "
+        f"ablation path ({attrs['baseline_source']}) differ from the stored full-network logits "
+        f"on {mismatches} eval image(s)",
         file=sys.stderr,
     )
     tables = drop_tables(
         counts.units,
         counts.correct,
         counts.prob_sum,
-        baseline_hits,
-        baseline_prob,
+        counts.baseline_correct,
+        counts.baseline_prob_sum,
         sizes,
         classes,
         thresholds=ablation["hurt_thresholds"],
         near_ties=counts.near_ties,
+        lost=counts.lost,
     )
+    tables.drops.insert(len(tables.drops.columns), "baseline_mismatches", mismatches)
     tables.drops.insert(len(tables.drops.columns), "method", counts.method)
     order = np.argsort(counts.units)
     paths = [drops_out, class_drops_out, prob_drops_out]
@@ -73,10 +65,13 @@ def main(
             handle.create_dataset("units", data=counts.units[order])
             handle.create_dataset("class_prob_drops", data=tables.class_prob_drops)
             handle.create_dataset("correct", data=counts.correct[order])
+            handle.create_dataset("lost", data=counts.lost[order])
             handle.create_dataset("class_sizes", data=sizes)
-            handle.create_dataset("baseline_correct", data=baseline_hits)
+            handle.create_dataset("baseline_correct", data=counts.baseline_correct)
             handle.attrs["classes"] = list(classes)
             handle.attrs.update({key: attrs[key] for key in ("model", "layer", "basis", "mode")})
+            handle.attrs["baseline_source"] = attrs["baseline_source"]
+            handle.attrs["baseline_mismatches"] = mismatches
     worst = tables.drops.sort_values("max_class_drop", ascending=False).head(3)
     print(worst.to_string(index=False), file=sys.stderr)
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 
-from .suffix import Head, NotACutPoint, analyse_head, split_suffix
+from .suffix import Head, NotACutPoint, explain_head, has_inplace_ops, split_suffix
 
 METHODS = ("auto", "linear", "suffix", "hook")
 
@@ -38,8 +38,10 @@ class AblationCounts:
     correct: np.ndarray  # (U, K) images of class k predicted k with the unit ablated
     prob_sum: np.ndarray  # (U, K) sum over class-k images of the true-class probability
     near_ties: np.ndarray  # (U,) (unit, image) pairs whose top-2 logits differ by < tie_margin
+    lost: np.ndarray  # (U, K) class-k images correct without ablation, wrong with it (gross)
     baseline_correct: np.ndarray  # (K,) the same count without ablation, through the same path
     baseline_prob_sum: np.ndarray  # (K,)
+    baseline_predictions: np.ndarray  # (N,) top-1 class of each image, same path, no ablation
     class_sizes: np.ndarray  # (K,) images per class
     method: str
 
@@ -47,15 +49,59 @@ class AblationCounts:
         """Stack the counts of two disjoint unit sets evaluated on the same images."""
         if not np.array_equal(self.class_sizes, other.class_sizes):
             raise ValueError("counts come from different image sets")
+        if not np.array_equal(self.baseline_predictions, other.baseline_predictions):
+            raise ValueError("counts come from different baselines (unablated predictions differ)")
         return AblationCounts(
             units=np.concatenate([self.units, other.units]),
             correct=np.concatenate([self.correct, other.correct]),
             prob_sum=np.concatenate([self.prob_sum, other.prob_sum]),
             near_ties=np.concatenate([self.near_ties, other.near_ties]),
+            lost=np.concatenate([self.lost, other.lost]),
             baseline_correct=self.baseline_correct,
             baseline_prob_sum=self.baseline_prob_sum,
+            baseline_predictions=self.baseline_predictions,
             class_sizes=self.class_sizes,
             method=self.method,
+        )
+
+
+@dataclass(frozen=True)
+class BaselineAgreement:
+    """How the same-path baseline's top-1 predictions compare with the stored full network's."""
+
+    differing: int  # eval images whose two predictions differ
+    beyond_ties: int  # of those, images whose stored top-2 logit margin is at least tie_margin
+
+
+def compare_baseline(
+    predictions: np.ndarray, stored_logits: np.ndarray, tie_margin: float
+) -> BaselineAgreement:
+    """Count images where the engine's unablated prediction differs from the stored logits'."""
+    stored_logits = np.asarray(stored_logits, dtype=np.float32)
+    if len(predictions) != len(stored_logits):
+        raise ValueError(
+            f"baseline has {len(predictions)} predictions, the store {len(stored_logits)} logits"
+        )
+    differs = np.asarray(predictions) != stored_logits.argmax(1)
+    if stored_logits.shape[1] > 1:
+        top = -np.sort(-stored_logits, axis=1)[:, :2]
+        tied = (top[:, 0] - top[:, 1]) < tie_margin
+    else:
+        tied = np.zeros(len(stored_logits), dtype=bool)
+    return BaselineAgreement(int(differs.sum()), int((differs & ~tied).sum()))
+
+
+def check_baseline(agreement: BaselineAgreement, model: str, layer: str, source: str) -> None:
+    """Fail when the same-path baseline disagrees with the stored network beyond float ties.
+
+    `source` says what the path read (float32 maps or images): a full-precision path must
+    reproduce the network, so any disagreement outside near-ties is a bug, not rounding.
+    """
+    if agreement.beyond_ties:
+        raise ValueError(
+            f"model {model!r}, layer {layer}: the unablated network through the ablation path "
+            f"({source}) predicts {agreement.beyond_ties} eval image(s) differently from the "
+            "stored full-network logits, beyond float ties; the drops would not be exact"
         )
 
 
@@ -105,19 +151,44 @@ def choose_route(
     if rotated and method == "linear":
         raise ValueError("rotated directions mix channels: no linear shortcut; use suffix")
     suffix, head, why_not_faster = None, None, ""
+    why_not_linear = "no single linear op after it"
     if method != "hook":
         try:
             suffix = split_suffix(model, layer).to(device)
-            head = analyse_head(suffix) if method in ("auto", "linear") and not rotated else None
+            if method in ("auto", "linear") and not rotated:
+                head, why_not_linear = explain_head(suffix)
         except NotACutPoint as error:
             if method != "auto":
                 raise
             why_not_faster = str(error)
     if method == "linear" and head is None:
-        raise ValueError(f"layer {layer}: no linear shortcut (no single linear op after it)")
+        raise ValueError(f"layer {layer}: no linear shortcut ({why_not_linear})")
     if method == "auto":
         method = "linear" if head else "suffix" if suffix is not None else "hook"
+    if suffix is not None:
+        suffix = protect_inputs(suffix)
+    if head is not None:
+        tail = None if head.tail is None else protect_inputs(head.tail)
+        head = Head(pre=protect_inputs(head.pre), linear=head.linear, tail=tail)
     return Route(method, suffix, head, why_not_faster)
+
+
+class _CopyingInput(nn.Module):
+    """Runs a module on a copy of its input, so in-place ops in it never touch the caller's."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The wrapped module's output for a copy of `inputs`."""
+        return self.module(inputs.clone())
+
+
+def protect_inputs(module: fx.GraphModule) -> nn.Module:
+    """`module` itself, or a copying wrapper when it holds in-place ops (ReLU(inplace=True)
+    right after the layer would otherwise rectify the stored maps that later ablations read)."""
+    return _CopyingInput(module) if has_inplace_ops(module) else module
 
 
 class AblationEngine:
@@ -191,9 +262,11 @@ class AblationEngine:
         correct = torch.zeros(count, num_classes, **zeros)
         prob_sum = torch.zeros(count, num_classes, **zeros)
         near_ties = torch.zeros(count, dtype=torch.int64, device=self.device)
+        lost = torch.zeros(count, num_classes, **zeros)
         base_correct = torch.zeros(num_classes, **zeros)
         base_prob = torch.zeros(num_classes, **zeros)
         sizes = torch.zeros(num_classes, **zeros)
+        predictions = []
         groups = [units[i : i + self.units_per_call] for i in range(0, count, self.units_per_call)]
         for inputs, labels in progress(batches) if progress else batches:
             inputs = inputs.to(self.device, torch.float32)
@@ -207,8 +280,9 @@ class AblationEngine:
                 target = labels[start : start + len(chunk)]
                 evaluate = self._evaluator(chunk)
                 baseline = evaluate(None)
-                hit, prob, _ = self._score(baseline[None], target)
-                base_correct += hit[0] @ hot
+                predictions.append(baseline.argmax(-1).cpu())
+                base_hit, prob, _ = self._score(baseline[None], target)
+                base_correct += base_hit[0] @ hot
                 base_prob += prob[0] @ hot
                 offset = 0
                 for group in groups:
@@ -221,14 +295,19 @@ class AblationEngine:
                     correct[rows] += hit @ hot
                     prob_sum[rows] += prob @ hot
                     near_ties[rows] += ties
+                    lost[rows] += (base_hit * (1.0 - hit)) @ hot
                     offset += len(group)
         return AblationCounts(
             units=units,
             correct=np.rint(correct.cpu().numpy()).astype(np.int64),
             prob_sum=prob_sum.cpu().numpy(),
             near_ties=near_ties.cpu().numpy(),
+            lost=np.rint(lost.cpu().numpy()).astype(np.int64),
             baseline_correct=np.rint(base_correct.cpu().numpy()).astype(np.int64),
             baseline_prob_sum=base_prob.cpu().numpy(),
+            baseline_predictions=torch.cat(predictions).numpy().astype(np.int64)
+            if predictions
+            else np.zeros(0, dtype=np.int64),
             class_sizes=np.rint(sizes.cpu().numpy()).astype(np.int64),
             method=self.method,
         )
@@ -260,8 +339,9 @@ class AblationEngine:
             positions = inputs[0, 0].numel() if isinstance(self.head.linear, nn.Conv2d) else 1
             channels = inputs.shape[1]
             per_image = 4 * outputs * positions * (channels + self.units_per_call)
-        else:  # one copy of the layer output per unit
-            per_image = inputs[0].numel() * 4 * self.units_per_call
+        else:  # one copy of the layer output per unit (two when the suffix copies its input)
+            copies = 2 if isinstance(self.suffix, _CopyingInput) else 1
+            per_image = inputs[0].numel() * 4 * self.units_per_call * copies
         return int(max(1, min(len(inputs), self.memory_budget_bytes // max(1, per_image))))
 
     def _score(
@@ -353,18 +433,44 @@ class AblationEngine:
 
         def evaluate(group: torch.Tensor | None) -> torch.Tensor:
             if group is None:
-                return self.model(images)
+                return single_call_forward(self.model, module, self.layer, images)
 
             def replace(_module: nn.Module, _inputs: object, output: torch.Tensor):
                 maps = output.view(len(group), len(images), *output.shape[1:])[0]
                 return self._replace(maps, group).flatten(0, 1)
 
             repeated = images.repeat(len(group), *([1] * (images.dim() - 1)))
-            handle = module.register_forward_hook(replace)
-            try:
-                logits = self.model(repeated)
-            finally:
-                handle.remove()
+            logits = single_call_forward(self.model, module, self.layer, repeated, replace)
             return logits.view(len(group), len(images), -1)
 
         return evaluate
+
+
+def single_call_forward(
+    model: nn.Module,
+    module: nn.Module,
+    layer: str,
+    inputs: torch.Tensor,
+    hook: Callable | None = None,
+) -> torch.Tensor:
+    """`model(inputs)` with `hook` on `module`, refusing a module called more than once.
+
+    A module reused within one forward (torchvision ResNet's `layer4.1.relu`) has no single
+    output: a hook would replace the unit at every call while the store keeps only the last.
+    """
+    calls = []
+
+    def counted(hooked: nn.Module, hook_inputs: object, output: torch.Tensor):
+        calls.append(1)
+        if len(calls) > 1:
+            raise ValueError(
+                f"layer {layer} is called more than once in one forward pass, so it has no "
+                "single output to ablate; study the block that encloses it instead"
+            )
+        return None if hook is None else hook(hooked, hook_inputs, output)
+
+    handle = module.register_forward_hook(counted)
+    try:
+        return model(inputs)
+    finally:
+        handle.remove()

@@ -25,7 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ablation import AblationCounts, AblationEngine, channel_contributions, choose_route
+from .ablation import (
+    AblationCounts,
+    AblationEngine,
+    channel_contributions,
+    choose_route,
+    single_call_forward,
+)
 
 SET_METHODS = ("auto", "linear", "suffix", "hook")
 SELECTIONS = ("top", "random")
@@ -397,18 +403,14 @@ class SetAblation:
 
         def evaluate(index: tuple[torch.Tensor, torch.Tensor, int] | None) -> torch.Tensor:
             if index is None:
-                return self.model(images)
+                return single_call_forward(self.model, module, self.layer, images)
 
             def replace(_module: nn.Module, _inputs: object, output: torch.Tensor):
                 maps = output.view(self.sets_per_call, len(images), *output.shape[1:])[0]
                 return self._replace(maps, self._mask(index, maps.shape[1])).flatten(0, 1)
 
             repeated = images.repeat(self.sets_per_call, *([1] * (images.dim() - 1)))
-            handle = module.register_forward_hook(replace)
-            try:
-                logits = self.model(repeated)
-            finally:
-                handle.remove()
+            logits = single_call_forward(self.model, module, self.layer, repeated, replace)
             return logits.view(self.sets_per_call, len(images), -1)
 
         return evaluate

@@ -70,9 +70,13 @@ def drop_tables(
     classes: Sequence[str],
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
     near_ties: np.ndarray | None = None,
+    lost: np.ndarray | None = None,
 ) -> DropTables:
     """Compute D_u, d_uc, M_u, c*_u (ties: larger mean true-class probability drop), n_tied,
     classes hurt by at least each threshold, and the mean of the five largest class drops.
+
+    `lost` (U, K), when given, counts per unit and class the eval images the ablation turns
+    from correct to wrong (gross, unlike the net D_u); its row sums become `n_lost`.
 
     Classes without eval images get NaN drops and are never the most-hurt class. The most-hurt
     class is `rank_classes`' first: a unit whose ablation changes nothing (all d_uc 0, n_tied
@@ -124,6 +128,11 @@ def drop_tables(
     table["overall_prob_drop"] = overall_prob_drop
     if near_ties is not None:
         table["near_ties"] = np.asarray(near_ties)[order]
+    if lost is not None:
+        lost = np.asarray(lost)
+        if lost.shape != correct.shape:
+            raise ValueError(f"lost has shape {lost.shape}, expected {correct.shape}")
+        table["n_lost"] = lost[order].sum(axis=1)
     drops = pd.DataFrame(table)
     class_drops = pd.DataFrame(class_drop, columns=list(classes))
     class_drops.insert(0, "unit", units)

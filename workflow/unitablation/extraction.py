@@ -32,7 +32,11 @@ def library_versions() -> dict[str, str]:
 
 
 class LayerRecorder:
-    """Forward hooks that copy the outputs of named modules during one forward pass."""
+    """Forward hooks that copy the outputs of named modules during one forward pass.
+
+    A module that runs more than once in a forward (torchvision ResNet's `layer4.1.relu`) has
+    no single output: the recorder refuses it rather than keep only its last call.
+    """
 
     def __init__(self, model: nn.Module, layers: Sequence[str]) -> None:
         modules = dict(model.named_modules())
@@ -41,14 +45,22 @@ class LayerRecorder:
             valid = ", ".join(name for name in modules if name)
             raise ValueError(f"no layer(s) {missing} in model; valid module paths are: {valid}")
         self.outputs: dict[str, torch.Tensor] = {}
+        self._calls: set[str] = set()  # layers already recorded in the current forward
         self._handles = [
             modules[layer].register_forward_hook(self._make_hook(layer)) for layer in layers
         ]
+        self._handles.append(model.register_forward_pre_hook(lambda *_: self._calls.clear()))
 
     def _make_hook(self, layer: str) -> Callable[..., None]:
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
             if not isinstance(output, torch.Tensor):
                 raise TypeError(f"layer {layer} returns {type(output).__name__}, not a tensor")
+            if layer in self._calls:
+                raise ValueError(
+                    f"layer {layer} is called more than once in one forward pass, so it has "
+                    "no single output to record; study the block that encloses it instead"
+                )
+            self._calls.add(layer)
             # Clone: a later in-place op (e.g. ReLU(inplace=True)) must not alter the copy.
             self.outputs[layer] = output.detach().float().clone()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,8 +151,11 @@ def layer_names(model: nn.Module) -> list[str]:
     return [name for name, _ in model.named_modules() if name]
 
 
-def check_layers(spec: ModelSpec, layers: Sequence[str], model_name: str) -> None:
-    """Fail with the list of valid module paths if any configured layer does not exist."""
+def check_layers(
+    spec: ModelSpec, layers: Sequence[str], model_name: str, side: int | None = None
+) -> None:
+    """Fail with the list of valid module paths if any configured layer does not exist, and
+    name the enclosing block of a layer called more than once per forward (no single output)."""
     with torch.device("meta"):
         model = build_model(spec)
     valid = layer_names(model)
@@ -164,6 +167,54 @@ def check_layers(spec: ModelSpec, layers: Sequence[str], model_name: str) -> Non
         )
     if len(set(layers)) != len(layers):
         raise ValueError(f"model {model_name!r}: layers listed twice in {list(layers)}")
+    calls = module_calls(model, side or input_size(spec))
+    for layer in layers:
+        if calls[layer] == 0:
+            raise ValueError(
+                f"model {model_name!r} ({spec.arch}): layer {layer} is never called in a "
+                "forward pass, so it has no output to study"
+            )
+        if calls[layer] > 1:
+            raise ValueError(
+                f"model {model_name!r} ({spec.arch}): layer {layer} is called {calls[layer]} "
+                "times in one forward pass, so it has no single output to ablate (a hook would "
+                "replace the unit at every call, the store would keep only the last); "
+                f"study the block that encloses it instead: {enclosing_block(layer, calls)}"
+            )
+
+
+def module_calls(model: nn.Module, side: int) -> dict[str, int]:
+    """How often each submodule runs in one forward pass of a 1 x 3 x side x side input (cheap
+    on a model built on the meta device: no memory, no arithmetic)."""
+    calls = {name: 0 for name in layer_names(model)}
+    device = next((p.device for p in model.parameters()), torch.device("meta"))
+
+    def count(name: str) -> Callable[..., None]:
+        return lambda *_: calls.__setitem__(name, calls[name] + 1)
+
+    was_training = model.training
+    handles = [
+        module.register_forward_hook(count(name)) for name, module in model.named_modules() if name
+    ]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.empty(1, 3, side, side, device=device))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return calls
+
+
+def enclosing_block(layer: str, calls: Mapping[str, int]) -> str:
+    """The innermost module above `layer` that runs exactly once per forward (e.g. `layer4.1`
+    for `layer4.1.relu`), or the whole model's output when there is none."""
+    parts = layer.split(".")
+    for end in range(len(parts) - 1, 0, -1):
+        parent = ".".join(parts[:end])
+        if calls.get(parent) == 1:
+            return parent
+    return "the model's output (no enclosing module runs once)"
 
 
 def input_size(spec: ModelSpec, crop: int | None = None) -> int:

@@ -17,8 +17,10 @@ COUNT_FIELDS = (
     "correct",
     "prob_sum",
     "near_ties",
+    "lost",
     "baseline_correct",
     "baseline_prob_sum",
+    "baseline_predictions",
     "class_sizes",
 )
 

@@ -9,6 +9,7 @@ whose effect of removing one channel can be computed for all channels in one pas
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -136,39 +137,66 @@ def _is_flatten(node: fx.Node, owner: fx.GraphModule) -> bool:
     return False
 
 
-def analyse_head(suffix: fx.GraphModule) -> Head | None:
-    """Find element/channel-wise ops then one Linear/Conv2d right after the layer, else None."""
+def _batch_statistics(module: nn.Module) -> bool:
+    """Whether a batch norm normalises with the batch's own statistics even in eval mode."""
+    return isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is None
+
+
+def _chain_obstacle(node: fx.Node, owner: fx.GraphModule, flattened: bool) -> str:
+    """Why `node` cannot stand between the layer and the linear op ('' when it can)."""
+    if node.op == "call_module":
+        module = owner.get_submodule(node.target)
+        if _batch_statistics(module):
+            return (
+                f"batch norm {node.target} has track_running_stats=False: in eval mode it "
+                "normalises with batch statistics, which mix the images and the channels' effects"
+            )
+        if isinstance(module, POOLING_MODULES) and flattened:
+            return f"pooling {node.target} after flattening mixes channels"
+        if not isinstance(module, ELEMENTWISE_MODULES + POOLING_MODULES):
+            return f"{node.target} ({type(module).__name__}) is not channel-wise"
+        return ""
+    if node.op == "call_function" and node.target in ELEMENTWISE_FUNCTIONS:
+        if node.target is torch.nn.functional.dropout and _argument(node, 2, "training", True):
+            return (
+                f"functional dropout {node.name} is called without training=False, so it drops "
+                "at random even in eval mode"
+            )
+        return ""
+    target = getattr(node.target, "__name__", node.target)
+    return f"{node.name} ({node.op} {target}) is not channel-wise"
+
+
+def explain_head(suffix: fx.GraphModule) -> tuple[Head | None, str]:
+    """The head (element/channel-wise ops then one Linear/Conv2d right after the layer), or None
+    and the reason there is none."""
     placeholder = next(n for n in suffix.graph.nodes if n.op == "placeholder")
     node = placeholder
     chain: list[fx.Node] = []
     flattened = False
     while True:
         if len(node.users) != 1:
-            return None
+            return None, f"{node.name} is read by {len(node.users)} ops"
         node = next(iter(node.users))
         if len(node.all_input_nodes) != 1:
-            return None
+            return None, f"{node.name} reads {len(node.all_input_nodes)} tensors"
         if _is_flatten(node, suffix):
             if flattened:
-                return None
+                return None, f"{node.name} flattens a second time"
             flattened = True
-        elif node.op == "call_module":
-            module = suffix.get_submodule(node.target)
-            if isinstance(module, (nn.Linear, nn.Conv2d)):
-                break
-            if isinstance(module, POOLING_MODULES) and flattened:
-                return None
-            if not isinstance(module, ELEMENTWISE_MODULES + POOLING_MODULES):
-                return None
-        elif node.op == "call_function" and node.target in ELEMENTWISE_FUNCTIONS:
-            pass
+        elif node.op == "call_module" and isinstance(
+            suffix.get_submodule(node.target), (nn.Linear, nn.Conv2d)
+        ):
+            break
         else:
-            return None
+            obstacle = _chain_obstacle(node, suffix, flattened)
+            if obstacle:
+                return None, obstacle
         chain.append(node)
     linear_node = node
     linear = suffix.get_submodule(linear_node.target)
     if isinstance(linear, nn.Conv2d) and (flattened or linear.groups != 1):
-        return None
+        return None, f"conv {linear_node.target} is grouped or reads a flattened input"
     pre_graph = fx.Graph()
     mapping: dict[fx.Node, fx.Node] = {placeholder: pre_graph.placeholder("activation")}
     for item in chain:
@@ -178,4 +206,33 @@ def analyse_head(suffix: fx.GraphModule) -> Head | None:
     pre.eval()
     output_node = next(n for n in suffix.graph.nodes if n.op == "output")
     tail = None if output_node.args[0] is linear_node else _cut(suffix, linear_node)
-    return Head(pre=pre, linear=linear, tail=tail)
+    return Head(pre=pre, linear=linear, tail=tail), ""
+
+
+def analyse_head(suffix: fx.GraphModule) -> Head | None:
+    """Find element/channel-wise ops then one Linear/Conv2d right after the layer, else None."""
+    return explain_head(suffix)[0]
+
+
+#: Functions that write into their first argument, besides names ending in "_" (relu_, add_).
+INPLACE_FUNCTIONS = (operator.iadd, operator.isub, operator.imul, operator.itruediv)
+#: Functions with an `inplace` argument, and its position.
+INPLACE_ARGUMENT = {torch.nn.functional.relu: 1, torch.nn.functional.dropout: 3}
+
+
+def _writes_in_place(node: fx.Node, owner: fx.GraphModule) -> bool:
+    if node.op == "call_module":
+        return bool(getattr(owner.get_submodule(node.target), "inplace", False))
+    if node.op not in ("call_function", "call_method"):
+        return False
+    if node.target in INPLACE_FUNCTIONS:
+        return True
+    if node.op == "call_function" and node.target in INPLACE_ARGUMENT:
+        return bool(_argument(node, INPLACE_ARGUMENT[node.target], "inplace", False))
+    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    return bool(node.kwargs.get("inplace")) or (name.endswith("_") and not name.startswith("_"))
+
+
+def has_inplace_ops(graph_module: fx.GraphModule) -> bool:
+    """Whether any op of the graph may write into a tensor it reads (e.g. ReLU(inplace=True))."""
+    return any(_writes_in_place(node, graph_module) for node in graph_module.graph.nodes)
