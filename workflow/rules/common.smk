@@ -99,9 +99,10 @@ def is_trained(name):
 
 
 def check_config_layers():
-    """Fail at start, listing valid module paths, when a configured layer does not exist."""
+    """Fail at start when a configured layer does not exist (listing valid module paths) or is
+    called more than once per forward (naming the enclosing block)."""
     try:
-        from unitablation.models import ModelSpec, check_layers
+        from unitablation.models import ModelSpec, check_layers, input_size
     except ImportError as error:  # e.g. a Snakemake-only env with --sdm conda
         warnings.warn(
             f"cannot import the library to check layer names now ({error}); "
@@ -113,8 +114,9 @@ def check_config_layers():
             model_entry(name), num_classes=2, image_size=config["world"]["image_size"]
         )
         key = f"models.{name}.layers" if model_entry(name).get("layers") else "layers"
+        side = input_size(spec, (model_entry(name).get("preprocess") or {}).get("crop"))
         try:
-            check_layers(spec, model_layers(name), name)
+            check_layers(spec, model_layers(name), name, side)
         except ValueError as error:
             raise ValueError(f"config error in {key}: {error}") from None
 
