@@ -135,6 +135,8 @@ def run_job(job: str, data: Path, layer: str) -> dict[str, object]:
             layer,
             "unit",
             settings(config, "concepts"),
+            config["concepts"]["unit_block"],
+            config["concepts"]["image_batch"],
         )
     else:
         raise ValueError(f"unknown job {job!r}")

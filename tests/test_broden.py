@@ -201,7 +201,9 @@ def test_reader_tables(tiny_broden: Path) -> None:
     b = read_broden(tiny_broden)
     assert len(b) == 2 and b.categories == list(CATEGORIES)
     assert b.label_names[300] == "sky" and b.category_of_label[300] == "object"
-    assert b.category_of_label[9] == "material"  # primary = the category with the larger count
+    # primary = largest c_<category>.csv coverage; 0.5 in both: the later category wins the tie
+    assert b.category_of_label[9] == "material" and b.labels.loc[9, "category"] == "material"
+    assert b.category_coverage["object"][9] == b.category_coverage["material"][9] == 0.5
     assert b.label_categories[9] == {"material": 2, "object": 1}
     assert b.category_labels == CATEGORIES
     assert list(b.labels.loc[[1, 300], "name"]) == ["red-c", "sky"]
@@ -210,6 +212,46 @@ def test_reader_tables(tiny_broden: Path) -> None:
     assert (rec.ih, rec.iw, rec.sh, rec.sw) == (8, 6, 4, 3)
     assert rec.cells["part"] == tuple(ROW_A["part"].split(";")) and rec.cells["texture"] == (7, 8)
     assert b.load_image(0).shape == (8, 6, 3) and b.load_image(0).dtype == np.uint8
+
+
+def set_coverage(root: Path, category: str, number: int, coverage: str) -> None:
+    """Rewrite one label's coverage cell in c_<category>.csv."""
+    header, rows = read_rows(root / f"c_{category}.csv")
+    for row in rows:
+        if int(row["number"]) == number:
+            row["coverage"] = coverage
+    write_csv(root / f"c_{category}.csv", header, rows)
+
+
+def test_primary_category_is_the_largest_coverage_not_the_largest_count(tmp_path: Path) -> None:
+    root = build_broden(tmp_path / "b", [ROW_A], good_masks())
+    set_coverage(root, "object", 9, "0.75")  # label.csv counts: material 2, object 1
+    b = read_broden(root)
+    assert b.label_categories[9] == {"material": 2, "object": 1}
+    assert b.category_of_label[9] == "object" and b.labels.loc[9, "category"] == "object"
+    set_coverage(root, "material", 9, "0.8")
+    assert read_broden(root).category_of_label[9] == "material"
+
+
+def test_label_in_no_category_file_has_no_primary_category(tmp_path: Path) -> None:
+    root = build_broden(tmp_path / "b", [ROW_A], good_masks())
+    header, rows = read_rows(root / "c_texture.csv")
+    write_csv(root / "c_texture.csv", header, [r for r in rows if r["number"] != "8"])
+    b = read_broden(root)
+    assert b.category_of_label[8] == "" and b.category_of_label[7] == "texture"
+
+
+@pytest.mark.parametrize("value", ["", "many", "-1", "nan"])
+def test_bad_or_missing_coverage_names_the_file(tmp_path: Path, value: str) -> None:
+    root = build_broden(tmp_path / "b", [ROW_A], good_masks())
+    set_coverage(root, "part", 5, value)
+    with pytest.raises(ValueError, match=r"c_part\.csv: line 3: coverage"):
+        read_broden(root)
+    header, rows = read_rows(root / "c_part.csv")
+    header.remove("coverage")
+    write_csv(root / "c_part.csv", header, [{c: r[c] for c in header} for r in rows])
+    with pytest.raises(ValueError, match=r"c_part\.csv: missing required column\(s\) coverage"):
+        read_broden(root)
 
 
 def test_reader_stacks_layers_and_fills_image_level_labels(tiny_broden: Path) -> None:

@@ -68,7 +68,11 @@ def layer(cells: dict[tuple[int, int], int], size: tuple[int, int] = (4, 4)) -> 
 
 
 def naive_iou(maps: np.ndarray, broden: Broden, quantile: float) -> dict[str, np.ndarray]:
-    """Straightforward per-image, per-unit Network Dissection (upsample, threshold, count)."""
+    """Straightforward per-image, per-unit loop (upsample, threshold, count), "union" counting.
+
+    In these sets every label lies only in its own category's layers and every non-empty
+    category cell holds one of its labels, so "category present" is "cell non-empty" here.
+    """
     maps = np.asarray(maps, dtype=np.float32)
     n_images, n_units = maps.shape[:2]
     numbers = sorted(n for n, cat in broden.category_of_label.items() if cat in broden.categories)
@@ -162,13 +166,19 @@ def test_label_in_a_second_part_layer_counts(tmp_path: Path) -> None:
     maps = np.zeros((1, 2, 4, 4), dtype=np.float32)
     maps[0, 0] = second == 5  # fires on layer 2's lid pixels only: (0, 1), (1, 1)
     maps[0, 1] = (first == 6) | (second == 6)
-    result = concept_iou(reader(maps), 2, broden, quantile=0.5)
+    result = concept_iou(reader(maps), 2, broden, quantile=0.5, counting="union")
     lid_col, handle_col = column(result, "lid"), column(result, "handle")
     assert result.ground_truth[lid_col] == lid.sum() == 3
     assert result.intersection[0, lid_col] == 2
     assert result.iou[0, lid_col] == pytest.approx(2 / 3)  # I 2, A 2, G 3
     assert result.iou[1, handle_col] == pytest.approx(1.0, abs=1e-9)
     assert result.table().loc[1, "concept"] == "handle"
+    # NetDissect counts each layer: (0, 1) holds lid twice, so G 4 and I 3 (A stays 2)
+    counted = concept_iou(reader(maps), 2, broden, quantile=0.5)
+    assert counted.counting == "netdissect"
+    assert counted.ground_truth[lid_col] == 4 and counted.intersection[0, lid_col] == 3
+    assert counted.activation[0, counted.categories.index("part")] == 2
+    assert counted.iou[0, lid_col] == pytest.approx(3 / (2 + 4 - 3))
 
 
 def test_activation_counts_only_images_where_the_category_is_present(tmp_path: Path) -> None:
@@ -234,7 +244,9 @@ def test_bilinear_upsampling_matches_a_per_map_loop(tmp_path: Path) -> None:
     maps[:, 2] = 0.0  # a dead unit
     maps[5, 3] = 50.0  # a flat map above every other value
     expected = naive_iou(maps, broden, quantile=0.05)
-    result = concept_iou(reader(maps), 7, broden, quantile=0.05, unit_block=3, image_batch=4)
+    result = concept_iou(
+        reader(maps), 7, broden, quantile=0.05, unit_block=3, image_batch=4, counting="union"
+    )
     assert np.array_equal(result.thresholds, expected["thresholds"])
     assert np.array_equal(result.intersection, expected["intersection"])
     assert np.array_equal(result.activation, expected["activation"])

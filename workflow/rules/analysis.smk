@@ -21,6 +21,8 @@ rule unit_table:
         "results/logs/unit_table/{model}/{layer}/{basis}.log",
     conda:
         env_file("analysis")
+    params:
+        iou_threshold=detector_threshold,
     script:
         script_file("unit_table.py")
 

@@ -197,9 +197,20 @@ def shard_settings(wildcards):
     return {key: config["ablation"][key] for key in SHARD_KEYS}
 
 
+#: Concept keys that change no IoU: threads go to the scheduler, unit_block and image_batch to
+#: resources (memory only), iou_threshold to unit_table (the detector flag).
+CONCEPT_IOU_EXCLUDED = ("unit_block", "image_batch", "iou_threshold")
+
+
 def concept_settings(wildcards):
-    """The concept keys the IoU script reads (threads go to the scheduler, not the script)."""
-    return section_settings("concepts")
+    """The concept keys that change the IoU outputs (quantile, top_k, counting)."""
+    settings = section_settings("concepts")
+    return {k: v for k, v in settings.items() if k not in CONCEPT_IOU_EXCLUDED}
+
+
+def detector_threshold(wildcards):
+    """The best IoU that makes a unit a detector (read by unit_table only)."""
+    return config["concepts"]["iou_threshold"]
 
 
 def concept_source(wildcards):

@@ -1,4 +1,5 @@
-# Concepts: Network Dissection IoU of every unit with every Broden-format concept.
+# Concepts: Network Dissection IoU of every unit with every Broden-format concept. unit_block and
+# image_batch bound memory and change no output: resources, which (unlike params) trigger no rerun.
 
 
 rule concept_iou:
@@ -19,6 +20,9 @@ rule concept_iou:
     conda:
         env_file("torch")
     threads: config["concepts"]["threads"]
+    resources:
+        concept_unit_block=config["concepts"]["unit_block"],
+        concept_image_batch=config["concepts"]["image_batch"],
     params:
         concepts=concept_settings,
     script:

@@ -32,8 +32,15 @@ def main(
     layer: str,
     basis: str,
     concepts: Mapping[str, Any],
+    unit_block: int = 64,
+    image_batch: int = 64,
 ) -> None:
-    """Thresholds, masks and IoU for all units x all labels; one row per unit in the table."""
+    """Thresholds, masks and IoU for all units x all labels; one row per unit in the table.
+
+    `concepts` holds the keys that change the output (quantile, top_k, counting); unit_block
+    and image_batch only bound memory, so the rule passes them as resources, not params. The
+    detector flag is unit_table's (it alone reads concepts.iou_threshold).
+    """
     seed = parse_basis(basis)
     broden = read_broden(broden_dir)
     labels = concept_labels(broden)
@@ -47,28 +54,27 @@ def main(
             n_units,
             labels,
             quantile=concepts["quantile"],
-            unit_block=concepts["unit_block"],
-            image_batch=concepts["image_batch"],
+            unit_block=unit_block,
+            image_batch=image_batch,
             top_k=concepts["top_k"],
             progress=lambda done, total: bar.update(done - bar.n),
+            counting=concepts["counting"],
         )
         bar.close()
-    table = result.table(concepts["iou_threshold"])
+    table = result.table(iou_threshold=None)
     table.insert(4, "concept_class", concept_classes(labels, result.best()[0], classes))
     print(
-        f"{n_units} units, {len(result.label_numbers)} labels; detectors (IoU >= "
-        f"{concepts['iou_threshold']}): {int(table['is_detector'].sum())}; overlapping no "
-        f"concept (IoU 0, no concept named): {int((table['iou'] <= 0).sum())}",
+        f"{n_units} units, {len(result.label_numbers)} labels, counting {result.counting!r}; "
+        f"best IoU max {table['iou'].max():.4g}, median {table['iou'].median():.4g}; "
+        f"overlapping no concept (IoU 0, no concept named): {int((table['iou'] <= 0).sum())}",
         file=sys.stderr,
     )
     with atomic_paths([table_out, matrix_out]) as (table_tmp, matrix_tmp):
         table.to_csv(table_tmp, index=False, float_format="%.6g")
-        write_matrix(matrix_tmp, result, layer, basis, concepts["quantile"])
+        write_matrix(matrix_tmp, result, layer, basis)
 
 
-def write_matrix(
-    path: Path, result: ConceptResult, layer: str, basis: str, quantile: float
-) -> None:
+def write_matrix(path: Path, result: ConceptResult, layer: str, basis: str) -> None:
     """The full IoU matrix, thresholds and top images, for figures and further analysis."""
     with h5py.File(path, "w") as handle:
         handle.create_dataset("iou", data=result.iou)
@@ -80,7 +86,14 @@ def write_matrix(
         handle.create_dataset("thresholds", data=result.thresholds)
         handle.create_dataset("top_images", data=result.top_images)
         handle.create_dataset("top_scores", data=result.top_scores)
-        handle.attrs.update({"layer": layer, "basis": basis, "quantile": quantile})
+        handle.attrs.update(
+            {
+                "layer": layer,
+                "basis": basis,
+                "quantile": result.quantile,
+                "counting": result.counting,
+            }
+        )
 
 
 if "snakemake" in globals():
@@ -93,4 +106,6 @@ if "snakemake" in globals():
             snakemake.wildcards.layer,  # noqa: F821
             snakemake.wildcards.basis,  # noqa: F821
             snakemake.params.concepts,  # noqa: F821
+            snakemake.resources.concept_unit_block,  # noqa: F821
+            snakemake.resources.concept_image_batch,  # noqa: F821
         )

@@ -6,6 +6,7 @@ from pathlib import Path
 if "snakemake" in globals():  # make the library importable inside any rule environment
     sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 
+from unitablation.concepts import with_detectors  # noqa: E402
 from unitablation.logs import logged_to  # noqa: E402
 from unitablation.store import atomic_path, open_hdf5, require_datasets  # noqa: E402
 from unitablation.table_io import read_class_matrix, read_table  # noqa: E402
@@ -22,8 +23,13 @@ def main(
     model: str,
     layer: str,
     basis: str,
+    iou_threshold: float,
 ) -> None:
-    """Read the four per-unit tables and the probability drops; write the joined table."""
+    """Read the four per-unit tables and the probability drops; write the joined table.
+
+    The detector flag (best IoU >= iou_threshold) is decided here, not by concept_iou, so that
+    editing concepts.iou_threshold reruns the tables and not the IoU computation.
+    """
     with open_hdf5(prob_drops, "probability drops") as handle:
         require_datasets(handle, ["class_prob_drops"], prob_drops)
         class_prob_drops = handle["class_prob_drops"][:]
@@ -32,10 +38,14 @@ def main(
         read_class_matrix(class_drops),
         class_prob_drops,
         read_table(attributes),
-        read_table(concepts),
+        with_detectors(read_table(concepts), iou_threshold),
         {"model": model, "layer": layer, "basis": basis},
     )
-    print(f"{len(table)} units, {len(table.columns)} columns", file=sys.stderr)
+    print(
+        f"{len(table)} units, {len(table.columns)} columns; detectors (IoU >= {iou_threshold}): "
+        f"{int(table['is_detector'].sum())}",
+        file=sys.stderr,
+    )
     with atomic_path(table_out) as temporary:
         table.to_csv(temporary, index=False, float_format="%.8g")
 
@@ -52,4 +62,5 @@ if "snakemake" in globals():
             snakemake.wildcards.model,  # noqa: F821
             snakemake.wildcards.layer,  # noqa: F821
             snakemake.wildcards.basis,  # noqa: F821
+            snakemake.params.iou_threshold,  # noqa: F821
         )

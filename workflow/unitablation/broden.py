@@ -311,6 +311,17 @@ def _parse_float(value: str) -> float:
         return float("nan")
 
 
+def _parse_coverage(value: str, path: Path, line: int) -> float:
+    """Parse a c_<category>.csv coverage cell (a finite number >= 0), naming file and line."""
+    try:
+        coverage = float(value)
+    except ValueError:
+        coverage = float("nan")
+    if not np.isfinite(coverage) or coverage < 0:
+        raise ValueError(f"{path}: line {line}: coverage must be a number >= 0, got {value!r}")
+    return coverage
+
+
 def _parse_label_categories(value: str, path: Path, line: int) -> dict[str, int]:
     """Parse a label.csv category cell like "material(36);object(3)" into {category: count}."""
     result = {}
@@ -326,10 +337,16 @@ class Broden:
     """A Broden-layout directory (ours or the NetDissect release), read and checked.
 
     Attributes: `categories` (from category.csv, in file order), `labels` (DataFrame indexed by
-    label number with name, category (the primary one, with the largest count), categories
-    (raw cell), frequency, coverage), `label_names` and `category_of_label` (number -> name /
-    primary category), `label_categories` (number -> {category: count}), `category_labels`
-    (category -> global numbers in code order, from c_<category>.csv) and `records`.
+    label number with name, category (the primary one), categories (raw cell), frequency,
+    coverage), `label_names` and `category_of_label` (number -> name / primary category),
+    `label_categories` (number -> {category: count}, from label.csv), `category_labels`
+    (category -> global numbers in code order, from c_<category>.csv), `category_coverage`
+    (category -> {number: coverage}, from c_<category>.csv) and `records`.
+
+    The primary category of a label is NetDissect's: among the categories whose c_<category>.csv
+    lists it, the one with the largest coverage there; a tie goes to the later category in
+    category.csv order (NetDissect takes the max of (coverage, category index)). A label that no
+    c_<category>.csv lists has no primary category ("") and is no concept.
     """
 
     def __init__(self, root: str | Path) -> None:
@@ -339,13 +356,14 @@ class Broden:
             raise ValueError(f"{self.root}: Broden directory is missing")
         self._read_labels()
         self._read_categories()
+        self._assign_primary_categories()
         self._read_index()
 
     def _read_labels(self) -> None:
         """Read label.csv into the label tables and a lookup of known numbers."""
         path = self.root / "label.csv"
         rows = _read_csv(path, ("number", "name", "category"))
-        numbers, names, primaries, raws, freqs, covs = [], [], [], [], [], []
+        numbers, names, raws, freqs, covs = [], [], [], [], []
         self.label_categories: dict[int, dict[str, int]] = {}
         for line, row in enumerate(rows, start=2):
             number = _parse_int(row["number"], path, line, "number")
@@ -357,14 +375,13 @@ class Broden:
             self.label_categories[number] = cats
             numbers.append(number)
             names.append(row["name"])
-            primaries.append(max(cats, key=cats.__getitem__) if cats else "")
             raws.append(row["category"])
             freqs.append(_parse_float(row.get("frequency", "")))
             covs.append(_parse_float(row.get("coverage", "")))
         self.labels = pd.DataFrame(
             {
                 "name": names,
-                "category": primaries,
+                "category": "",
                 "categories": raws,
                 "frequency": freqs,
                 "coverage": covs,
@@ -372,7 +389,6 @@ class Broden:
             index=pd.Index(numbers, name="number"),
         )
         self.label_names: dict[int, str] = dict(zip(numbers, names, strict=True))
-        self.category_of_label: dict[int, str] = dict(zip(numbers, primaries, strict=True))
         self._known = np.zeros(max(numbers, default=0) + 1, dtype=bool)
         self._known[numbers] = True
         self._known[0] = True  # unlabelled
@@ -382,10 +398,11 @@ class Broden:
         path = self.root / "category.csv"
         self.categories: list[str] = [row["name"] for row in _read_csv(path, ("name",))]
         self.category_labels: dict[str, list[int]] = {}
+        self.category_coverage: dict[str, dict[int, float]] = {}
         for category in self.categories:
             code_path = self.root / f"c_{category}.csv"
-            rows = _read_csv(code_path, ("code", "number"))
-            pairs = []
+            rows = _read_csv(code_path, ("code", "number", "coverage"))
+            pairs, coverage = [], {}
             for line, row in enumerate(rows, start=2):
                 code = _parse_int(row["code"], code_path, line, "code")
                 number = _parse_int(row["number"], code_path, line, "number")
@@ -394,7 +411,22 @@ class Broden:
                         f"{code_path}: line {line}: label {number} is not in label.csv"
                     )
                 pairs.append((code, number))
+                if number:
+                    coverage[number] = _parse_coverage(row["coverage"], code_path, line)
             self.category_labels[category] = [number for _, number in sorted(pairs) if number]
+            self.category_coverage[category] = coverage
+
+    def _assign_primary_categories(self) -> None:
+        """Primary category of every label: largest c_<category>.csv coverage, ties to the later."""
+        self.category_of_label: dict[int, str] = {}
+        for number in self.label_names:
+            listed = [
+                (coverage[number], k, category)
+                for k, (category, coverage) in enumerate(self.category_coverage.items())
+                if number in coverage
+            ]
+            self.category_of_label[number] = max(listed)[2] if listed else ""
+        self.labels["category"] = [self.category_of_label[n] for n in self.labels.index]
 
     def _read_index(self) -> None:
         """Read index.csv into records."""

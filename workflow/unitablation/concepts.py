@@ -8,14 +8,23 @@ Rules (SCIENCE.md, "Concept alignment"):
 - Mask: the map upsampled bilinearly to the image's segmentation size (sh, sw) with
   torch.nn.functional.interpolate(mode="bilinear", align_corners=False), then > T_u (strict).
   When (h, w) == (sh, sw) the upsampling is the identity.
-- Labels: a label belongs to its primary category (Broden.category_of_label). A pixel carries
-  label c when any mask layer of c's category equals c; occurrences of c in another category's
-  layers are ignored, so the intersection never exceeds the activation count. Image-level labels
-  (scene, texture) are carried by every pixel of the image.
-- I_uc = sum over images of |mask & carries c|, G_c = sum over images of |carries c|.
-- A_uc = sum of |mask| over the images in which c's category is present, i.e. whose index.csv
-  cell for the category is non-empty (the original NetDissect rule), not over all images.
-- IoU_uc = I_uc / (A_uc + G_c - I_uc + 1e-10).
+- Labels: a label's column is its primary category's (Broden.category_of_label: largest
+  coverage in c_<category>.csv). An occurrence of label c is one mask layer, of any category of
+  category.csv, holding c at a pixel; an image-level label (scene, texture) is one occurrence at
+  every pixel of its image. Category k is present in an image when the image holds an occurrence
+  of some label whose primary category is k (NetDissect's count_act_with_labelcat).
+- Counting (`counting`, one of COUNTING), as NetDissect and NetDissect-Lite tally:
+  - "netdissect" (the original NetDissect): I_uc = sum over images and mask pixels of the
+    number of occurrences of c there (a pixel holding c in two layers counts twice), G_c = the
+    same over all pixels, A_uc = sum of |mask| over the images in which c's primary category is
+    present.
+  - "lite" (NetDissect-Lite's tally): I and G as "netdissect"; an image adds |mask| to A_uc
+    only when the mask covers an occurrence of a label of c's primary category (an image-level
+    label covers every pixel, so it always does when the mask is not empty).
+  - "union" (this project's rule before NetDissect's counting): a pixel holding c counts once
+    whatever the number of layers holding it; A as "netdissect".
+- IoU_uc = I_uc / (A_uc + G_c - I_uc + 1e-10). Under "netdissect" and "lite" I_uc may exceed
+  A_uc (a mask pixel holding c in two layers adds 2 to I, 1 to A), as in NetDissect.
 
 Columns run over the labels of label.csv whose primary category is listed in category.csv, in
 ascending label number (`ConceptResult.label_numbers`). Maps are read one block of units at a
@@ -25,8 +34,9 @@ smaller) and each image's spatial max; the second counts in image batches. From 
 (`store_reader`) no pass holds more than `rows_per_read` images of maps, so memory does not grow
 with the concept set beyond O(N x units) per-image maxima, the kept top activations and the
 labels, decoded once into compact per-image "combination maps" (each pixel's index into the
-image's distinct sets of carried labels, uint8/uint16), so that counting is one index_add of the
-batch's masks per combination and one small matrix product per batch.
+image's distinct combinations of label occurrence counts, uint8/uint16), so that counting is one
+index_add of the batch's masks per combination and one small matrix product per batch. One
+decoding serves every counting rule.
 """
 
 from __future__ import annotations
@@ -46,6 +56,14 @@ from unitablation.store import ActivationStore
 
 #: Added to IoU denominators, as in NetDissect.
 EPSILON = 1e-10
+#: Counting rules (config `concepts.counting`; the module docstring defines them).
+COUNTING: tuple[str, ...] = ("netdissect", "lite", "union")
+
+
+def check_counting(counting: str) -> None:
+    """Raise ValueError unless counting names one of COUNTING."""
+    if counting not in COUNTING:
+        raise ValueError(f"counting must be one of {', '.join(COUNTING)}, got {counting!r}")
 
 
 @dataclass
@@ -64,6 +82,7 @@ class ConceptResult:
     top_images: np.ndarray  # (U, k) int64, store rows of the top images by spatial max
     top_scores: np.ndarray  # (U, k) float64, their spatial max activations
     quantile: float
+    counting: str = "netdissect"
 
     def best(self) -> tuple[np.ndarray, np.ndarray]:
         """(column of the best label, its IoU) per unit; ties go to the lowest label number.
@@ -77,8 +96,12 @@ class ConceptResult:
         best = self.iou[np.arange(len(column)), column]
         return np.where(best > 0, column, -1), best
 
-    def table(self, iou_threshold: float = 0.04) -> pd.DataFrame:
-        """One row per unit: best concept, detector flag, threshold, best IoU per category."""
+    def table(self, iou_threshold: float | None = 0.04) -> pd.DataFrame:
+        """One row per unit: best concept, detector flag, threshold, best IoU per category.
+
+        With iou_threshold None the table has no `is_detector` column (`with_detectors` adds it
+        later, so that the threshold is not an input of the IoU computation).
+        """
         units = self.iou.shape[0]
         if not self.iou.shape[1]:
             raise ValueError("the concept set has no labels")
@@ -90,9 +113,11 @@ class ConceptResult:
             "iou": best,
             "concept": names[column],
             "concept_category": cats[column],
-            "is_detector": best >= iou_threshold,
+            "is_detector": best >= (np.nan if iou_threshold is None else iou_threshold),
             "threshold": self.thresholds,
         }
+        if iou_threshold is None:
+            del data["is_detector"]
         for category in self.categories:
             members = np.flatnonzero(cats[:-1] == category)
             if not len(members):
@@ -104,14 +129,25 @@ class ConceptResult:
         return pd.DataFrame(data)
 
 
+def with_detectors(table: pd.DataFrame, iou_threshold: float) -> pd.DataFrame:
+    """A concepts table with `is_detector` (best IoU >= iou_threshold) before `threshold`."""
+    if "iou" not in table:
+        raise ValueError("the concepts table has no iou column")
+    result = table.drop(columns="is_detector", errors="ignore")
+    where = result.columns.get_loc("threshold") if "threshold" in result else len(result.columns)
+    result.insert(where, "is_detector", result["iou"].to_numpy(np.float64) >= iou_threshold)
+    return result
+
+
 @dataclass(frozen=True)
 class _ImageLabels:
     """One image's labels, compact: combination map, combinations and present categories."""
 
     combo_map: np.ndarray  # (sh * sw,) uint8/uint16/int32 index into combos
-    combos: np.ndarray  # (n_combos, n_labels) bool, labels carried by each combination
-    columns: np.ndarray  # (n_labels,) int64 result columns of the labels
-    present: np.ndarray  # (n_categories,) bool, category cell non-empty
+    combos: np.ndarray  # (n_combos, n_labels) uint16, occurrences of each label per combination
+    combo_pixels: np.ndarray  # (n_combos,) int64, pixels of each combination
+    columns: np.ndarray  # (n_labels,) int64 result columns of the labels, ascending
+    present: np.ndarray  # (n_categories,) bool, an occurrence of a label of the category
     size: tuple[int, int]  # (sh, sw)
 
 
@@ -150,13 +186,11 @@ def _label_index(broden: Broden) -> _LabelIndex:
     )
 
 
-def _image_labels(broden: Broden, i: int, index: _LabelIndex) -> _ImageLabels:
-    """Decode image i's labels into a combination map (labels of their primary category only)."""
+def _occurrences(broden: Broden, i: int, index: _LabelIndex) -> dict[int, np.ndarray]:
+    """Per result column, image i's (sh * sw,) uint16 count of layers holding the label."""
     record = broden.records[i]
     size = (record.sh, record.sw)
-    present = np.zeros(len(index.category_names), dtype=bool)
-    columns: list[int] = []
-    carries: list[np.ndarray] = []
+    counts: dict[int, np.ndarray] = {}
     for category, stack in broden.load_labels(i).items():
         if category not in index.category_names:
             continue
@@ -165,31 +199,57 @@ def _image_labels(broden: Broden, i: int, index: _LabelIndex) -> _ImageLabels:
                 f"{broden.root}: image {record.image}: {category} labels have size "
                 f"{stack.shape[1:]}, index.csv says {size}"
             )
-        k = index.category_names.index(category)
-        present[k] = True
-        flat = stack.reshape(stack.shape[0], -1)
-        values = np.unique(flat)
-        values = values[(values > 0) & (values < len(index.category_index_of))]
-        for number in values[index.category_index_of[values] == k]:
-            columns.append(int(index.column_of[number]))
-            carries.append((flat == number).any(axis=0))
+        for layer in stack.reshape(stack.shape[0], -1):
+            values = np.unique(layer)
+            values = values[(values > 0) & (values < len(index.column_of))]
+            for number in values[index.column_of[values] >= 0]:
+                column = int(index.column_of[number])
+                hit = (layer == number).astype(np.uint16)
+                counts[column] = counts[column] + hit if column in counts else hit
+    return counts
+
+
+def _image_labels(broden: Broden, i: int, index: _LabelIndex) -> _ImageLabels:
+    """Decode image i's label occurrences into a combination map (any category's layers)."""
+    record = broden.records[i]
+    size = (record.sh, record.sw)
     pixels = size[0] * size[1]
-    if not columns:
+    counts = _occurrences(broden, i, index)
+    present = np.zeros(len(index.category_names), dtype=bool)
+    if not counts:
         return _ImageLabels(
-            np.zeros(pixels, np.uint8), np.zeros((1, 0), bool), np.zeros(0, np.int64), present, size
+            np.zeros(pixels, np.uint8),
+            np.zeros((1, 0), np.uint16),
+            np.array([pixels], np.int64),
+            np.zeros(0, np.int64),
+            present,
+            size,
         )
-    matrix = np.stack(carries, axis=1)  # (pixels, n_labels)
-    if matrix.shape[1] < 63:  # one int64 key per pixel: a fast 1-D unique
-        packed = matrix.astype(np.int64) @ (np.int64(1) << np.arange(matrix.shape[1]))
+    columns = np.array(sorted(counts), dtype=np.int64)
+    present[index.category_index_of[index.numbers[columns]]] = True
+    matrix = np.stack([counts[int(c)] for c in columns], axis=1)  # (pixels, n_labels) uint16
+    bits = max(1, int(matrix.max()).bit_length())
+    if matrix.shape[1] * bits < 63:  # one int64 key per pixel: a fast 1-D unique
+        weights = np.int64(1) << (bits * np.arange(matrix.shape[1], dtype=np.int64))
+        packed = matrix.astype(np.int64) @ weights
         keys, first, inverse = np.unique(packed, return_index=True, return_inverse=True)
     else:
-        packed = np.packbits(matrix, axis=1)
-        keys, first, inverse = np.unique(packed, axis=0, return_index=True, return_inverse=True)
-    combos = matrix[first]
+        keys, first, inverse = np.unique(matrix, axis=0, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
     dtype = np.uint8 if len(keys) <= 256 else np.uint16 if len(keys) <= 65536 else np.int32
     return _ImageLabels(
-        inverse.reshape(-1).astype(dtype), combos, np.array(columns, np.int64), present, size
+        inverse.astype(dtype),
+        matrix[first],
+        np.bincount(inverse, minlength=len(keys)).astype(np.int64),
+        columns,
+        present,
+        size,
     )
+
+
+def _counted(combos: np.ndarray, counting: str) -> np.ndarray:
+    """Occurrence counts as a counting rule counts them: "union" counts a label once per pixel."""
+    return (combos > 0).astype(np.int64) if counting == "union" else combos.astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -199,23 +259,26 @@ class ConceptLabels:
     root: str
     index: _LabelIndex
     images: list[_ImageLabels]
-    ground_truth: np.ndarray  # (L,) int64, G_c
 
     def __len__(self) -> int:
         """Number of concept images."""
         return len(self.images)
 
+    def ground_truth(self, counting: str = "netdissect") -> np.ndarray:
+        """(L,) int64 G_c under a counting rule: occurrences over all pixels of all images."""
+        check_counting(counting)
+        result = np.zeros(len(self.index.numbers), dtype=np.int64)
+        for item in self.images:
+            if len(item.columns):
+                result[item.columns] += item.combo_pixels @ _counted(item.combos, counting)
+        return result
+
 
 def concept_labels(broden: Broden) -> ConceptLabels:
-    """Decode every image's labels and count G_c (pixels carrying each label over all images)."""
+    """Decode every image's label occurrences (one decoding serves every counting rule)."""
     index = _label_index(broden)
     images = [_image_labels(broden, i, index) for i in range(len(broden.records))]
-    ground_truth = np.zeros(len(index.numbers), dtype=np.int64)
-    for item in images:
-        if len(item.columns):
-            per_combo = np.bincount(item.combo_map, minlength=len(item.combos))
-            ground_truth[item.columns] += per_combo @ item.combos.astype(np.int64)
-    return ConceptLabels(str(broden.root), index, images, ground_truth)
+    return ConceptLabels(str(broden.root), index, images)
 
 
 def _batches(labels: list[_ImageLabels], image_batch: int) -> list[range]:
@@ -235,29 +298,46 @@ class _Batch:
 
     images: range
     size: tuple[int, int]
-    combo_labels: torch.Tensor  # (n_combos, n_cols) float64 0/1, labels carried per combination
+    combo_labels: torch.Tensor  # (n_combos, n_cols) float64, counted occurrences per combination
+    combo_categories: torch.Tensor  # (n_combos, n_categories) int64 1 where a label of it occurs
     columns: np.ndarray  # (n_cols,) result columns
-    present: torch.Tensor  # (B, n_categories) int64, category cell non-empty
+    present: torch.Tensor  # (B, n_categories) int64, category present in the image
     offsets: np.ndarray  # (B,) first global combination id of each image
 
 
-def _batch(labels: list[_ImageLabels], images: range) -> _Batch:
+def _batch(labels: ConceptLabels, images: range, counting: str) -> _Batch:
     """Stack the compact labels of a batch of images into one indexing problem."""
-    items = [labels[i] for i in images]
+    items = [labels.images[i] for i in images]
     columns = np.unique(np.concatenate([item.columns for item in items]))
     offsets = np.concatenate([[0], np.cumsum([len(item.combos) for item in items])])
     combo_labels = np.zeros((offsets[-1], len(columns)), dtype=np.float64)
     for item, offset in zip(items, offsets, strict=False):
         local = np.searchsorted(columns, item.columns)
-        combo_labels[offset : offset + len(item.combos), local] = item.combos
+        combo_labels[offset : offset + len(item.combos), local] = _counted(item.combos, counting)
+    index = labels.index
+    membership = np.zeros((len(columns), len(index.category_names)), dtype=np.int64)
+    membership[np.arange(len(columns)), index.category_index_of[index.numbers[columns]]] = 1
     return _Batch(
         images=images,
         size=items[0].size,
         combo_labels=torch.from_numpy(combo_labels),
+        combo_categories=torch.from_numpy(((combo_labels > 0) @ membership > 0).astype(np.int64)),
         columns=columns,
         present=torch.from_numpy(np.stack([item.present for item in items]).astype(np.int64)),
         offsets=offsets,
     )
+
+
+def _touched(batch: _Batch, pair: torch.Tensor, combo: torch.Tensor, n_pairs: int) -> torch.Tensor:
+    """(n_pairs, n_categories) int64 1 where a pair's mask covers a label of the category.
+
+    `pair` and `combo` give, for every mask pixel, its (image, unit) pair and its combination.
+    """
+    n_combos = len(batch.combo_labels)
+    keys = torch.unique(pair * n_combos + combo)
+    touched = torch.zeros(n_pairs, batch.combo_categories.shape[1], dtype=torch.int64)
+    touched.index_add_(0, keys // n_combos, batch.combo_categories[keys % n_combos])
+    return (touched > 0).to(torch.int64)
 
 
 def _combo_ids(labels: list[_ImageLabels], batch: _Batch) -> torch.Tensor:
@@ -514,14 +594,19 @@ def store_reader(
     return StoreMaps(maps, rotation, rows_per_read)
 
 
+#: Suffix of Broden's scene label names ("street-s"); a class matches its name without it.
+SCENE_SUFFIX = "-s"
+
+
 def concept_classes(
     labels: ConceptLabels, concepts: np.ndarray, classes: Sequence[str]
 ) -> list[str]:
     """The concept-implied class of each unit: the class whose images most often carry its concept.
 
     `concepts` holds result columns (one per unit; -1, no concept, gives ""). A class counts
-    when the concept set has a label of the same name (in the default world, and partly in
-    Broden with Places365, scene labels are the classes); an image "carries" a label when any of
+    when the concept set has a label of the same name, or a scene label of that name plus "-s"
+    (in the default world, and partly in Broden with Places365, scene labels are the classes;
+    Broden writes them "<scene>-s"; an exact name wins); an image "carries" a label when any of
     its pixels (or the image, for image-level labels) has it. Ties go to the lower class index;
     no usable class gives "".
     """
@@ -529,6 +614,11 @@ def concept_classes(
     for row, item in enumerate(labels.images):
         present[row, item.columns] = True
     name_to_column = {name: k for k, name in enumerate(labels.index.names)}
+    for k, (name, category) in enumerate(
+        zip(labels.index.names, labels.index.categories, strict=True)
+    ):  # Broden names scene labels "<scene>-s": "bakery-shop-s" is the class "bakery-shop"
+        if category == "scene" and name.endswith(SCENE_SUFFIX):
+            name_to_column.setdefault(name.removesuffix(SCENE_SUFFIX), k)
     class_columns = [(k, name_to_column.get(name, -1)) for k, name in enumerate(classes)]
     usable = [
         (k, column) for k, column in class_columns if column >= 0 and present[:, column].any()
@@ -600,6 +690,7 @@ def concept_iou(
     image_batch: int = 64,
     top_k: int = 10,
     progress: Callable[[int, int], None] | None = None,
+    counting: str = "netdissect",
 ) -> ConceptResult:
     """Network Dissection IoU of every unit with every label of the concept set.
 
@@ -607,13 +698,14 @@ def concept_iou(
     record order; a `StoreMaps` (from `store_reader`) is instead streamed, one window of images
     at a time, twice per unit block (thresholds and maxima, then counts), so memory does not grow
     with N beyond per-image arrays. `broden` may be labels already decoded by concept_labels (to
-    share them between layers); `progress(units_done, n_units)` is called after each unit block.
-    Thresholds keep only each unit's top activations (`_StreamingQuantile`). (image, unit) pairs
-    whose map max cannot reach T_u even after rounding are not upsampled (their mask is empty);
-    the others are upsampled together, thresholded, and their mask pixels counted per label
-    combination with one bincount per batch.
+    share them between layers); `progress(units_done, n_units)` is called after each unit block;
+    `counting` is one of COUNTING (module docstring). Thresholds keep only each unit's top
+    activations (`_StreamingQuantile`). (image, unit) pairs whose map max cannot reach T_u even
+    after rounding are not upsampled (their mask is empty); the others are upsampled together,
+    thresholded, and their mask pixels counted per label combination with one bincount per batch.
     """
     _check_quantile(quantile)
+    check_counting(counting)
     if image_batch <= 0 or top_k < 0:
         raise ValueError(f"image_batch must be > 0 and top_k >= 0, got {image_batch}, {top_k}")
     labels = broden if isinstance(broden, ConceptLabels) else concept_labels(broden)
@@ -650,7 +742,7 @@ def concept_iou(
             image, unit = np.nonzero(reach[images.start : images.stop])
             if not len(image):
                 continue
-            batch = _batch(labels.images, images)
+            batch = _batch(labels, images, counting)
             block = torch.from_numpy(
                 np.ascontiguousarray(source.rows(units, images.start, images.stop))
             )
@@ -660,11 +752,15 @@ def concept_iou(
             pair, pixel = mask.nonzero(as_tuple=True)
             if not len(pair):
                 continue
-            counts = torch.bincount(pair, minlength=len(image))
-            fired.index_add_(0, unit_t, batch.present[image_t] * counts[:, None])
-            if not len(batch.columns):
+            if not len(batch.columns):  # no labels: no category present, nothing to count
                 continue
+            counts = torch.bincount(pair, minlength=len(image))
             combo = _combo_ids(labels.images, batch)[image_t[pair], pixel]
+            if counting == "lite":
+                hit = _touched(batch, pair, combo, len(image))
+            else:
+                hit = batch.present[image_t]
+            fired.index_add_(0, unit_t, hit * counts[:, None])
             per_combo = torch.bincount(
                 combo * b + unit_t[pair], minlength=len(batch.combo_labels) * b
             )
@@ -674,7 +770,8 @@ def concept_iou(
         if progress is not None:
             progress(units.stop, n_units)
 
-    area = activation[:, index.category_index_of[index.numbers]] + labels.ground_truth[None, :]
+    ground_truth = labels.ground_truth(counting)
+    area = activation[:, index.category_index_of[index.numbers]] + ground_truth[None, :]
     iou = intersection / (area - intersection + EPSILON)
     return ConceptResult(
         iou=iou,
@@ -685,8 +782,9 @@ def concept_iou(
         thresholds=thresholds,
         intersection=intersection,
         activation=activation,
-        ground_truth=labels.ground_truth.copy(),
+        ground_truth=ground_truth,
         top_images=top_images,
         top_scores=top_scores,
         quantile=quantile,
+        counting=counting,
     )
