@@ -57,7 +57,7 @@ def test_streamed_statistics_match_direct_numpy() -> None:
     mu = class_means(stats)
     for cls in range(k):
         np.testing.assert_allclose(mu[:, cls], means[labels == cls].astype(np.float64).mean(0))
-    table, _, _ = attribute_table(stats, ["a", "b", "c"], *(np.zeros(c),) * 3)
+    table, _, _ = attribute_table(stats, ["a", "b", "c"], *(np.zeros(c),) * 3, rectified=True)
     assert np.isnan(table.loc[3, "class_correlation"]) and table.loc[3, "correlated_class"] == ""
     best = np.argmax(rho[0])
     assert table.loc[0, "correlated_class"] == "abc"[best]

@@ -15,10 +15,11 @@ import pandas as pd
 import pytest
 import torch
 from scipy import stats
+from torch import nn
 from workflow_runs import snakemake, write_config
 
 from unitablation.accuracy import class_accuracy_table, never_predicted
-from unitablation.attributes import accumulate, attribute_table, softmax
+from unitablation.attributes import accumulate, attribute_table, is_rectified, softmax
 from unitablation.broden import BrodenWriter, LabelDef, read_broden
 from unitablation.concepts import concept_classes, concept_iou, concept_labels
 from unitablation.cumulative import class_rankings
@@ -67,7 +68,7 @@ def degenerate_statistics():
 def test_dead_and_constant_units_have_no_class_and_no_correlation() -> None:
     statistics, means = degenerate_statistics()
     zeros = np.zeros(3)
-    table, mu, rho = attribute_table(statistics, CLASSES, zeros, zeros, zeros)
+    table, mu, rho = attribute_table(statistics, CLASSES, zeros, zeros, zeros, rectified=True)
     # ordinary unit: class means 1.5, 3.5, 0.5 -> SI (3.5 - 1) / (3.5 + 1 + 1e-7), class b
     assert table.loc[0, "selectivity"] == pytest.approx(2.5 / (4.5 + 1e-7), rel=1e-12)
     assert table.loc[0, "selective_class"] == "b" and not table.loc[0, "dead"]
@@ -93,6 +94,36 @@ def test_dead_and_constant_units_have_no_class_and_no_correlation() -> None:
     assert constant["selectivity"] == 0.0 and constant["selective_class"] == ""
     assert np.isnan(constant["class_correlation"]) and constant["correlated_class"] == ""
     assert table["dead"].tolist() == [False, True, False]
+    assert table["constant"].tolist() == [False, True, True]
+
+
+def test_never_active_units_are_dead_only_where_maps_are_rectified() -> None:
+    """A rotated direction or a pre-activation unit with z <= 0 everywhere is not dead."""
+    statistics, _ = degenerate_statistics()
+    zeros = np.zeros(3)
+    table, _, _ = attribute_table(statistics, CLASSES, zeros, zeros, zeros, rectified=False)
+    assert table["dead"].tolist() == [False, False, False]
+    assert table["constant"].tolist() == [False, True, True]
+
+
+def test_rectified_layers_are_relus_or_sign_keeping_modules_after_one() -> None:
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 4, 3),
+        nn.AdaptiveAvgPool2d(1),
+    )
+    rectified = {name: is_rectified(model, name) for name in ("0", "1", "2", "3", "4", "5")}
+    assert rectified == {
+        "0": False,
+        "1": False,
+        "2": True,
+        "3": True,
+        "4": False,
+        "5": False,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,9 +236,14 @@ def test_class_prediction_leaves_dead_units_out_and_counts_them() -> None:
             "selective_class": ["a", "", "b", "c"],
             "outgoing_class": ["a", "a", "a", "a"],
             "dead": [False, True, False, False],
+            "max_class_drop": [2.0, 0.0, 4.0, 2.0],
         }
     )
-    table = class_prediction_table(units, n_classes=3, permutations=0).set_index("attribute")
+    both = class_prediction_table(units, n_classes=3, permutations=0)
+    # the dead unit changes no class, so the hurting set does not hold it at all
+    hurting = both[both["unit_set"] == "hurting"].set_index("attribute")
+    assert hurting["n_units"].tolist() == [3, 3] and (hurting["n_dead"] == 0).all()
+    table = both[both["unit_set"] == "all"].set_index("attribute")
     selective = table.loc["selective_class"]
     assert (selective["n_units"], selective["n_excluded"], selective["n_dead"]) == (3, 1, 1)
     assert selective["top1_hit_rate"] == pytest.approx(2 / 3)  # units 0 and 3

@@ -223,9 +223,12 @@ def test_full_size_table_bootstraps_without_a_per_resample_loop(
 def class_units() -> pd.DataFrame:
     # 10 counted units: top-1 hits at units 0-3 (4/10); top-5 hits at units 0-6 (7/10);
     # unit 10 has no attribute class, unit 11 has no most-hurt class: both excluded.
+    # Units 2, 5 and 8 change no class (M_u = 0): the hurting set counts 0, 1, 3, 4, 6, 7, 9,
+    # with top-1 hits 0, 1, 3 (3/7) and top-5 hits 0, 1, 3, 4, 6 (5/7).
     return pd.DataFrame(
         {
             "unit": np.arange(12),
+            "max_class_drop": [2.0, 4.0, 0.0, 6.0, 2.0, 0.0, 8.0, 2.0, 1e-16, 2.0, 2.0, 2.0],
             "most_hurt_class": ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "a", np.nan],
             "top5_hurt_classes": [
                 "a;b;c",
@@ -250,8 +253,13 @@ def class_units() -> pd.DataFrame:
 def test_class_prediction_hit_rates_by_hand() -> None:
     table = class_prediction_table(class_units(), n_classes=20, permutations=200)
     assert list(table.columns) == list(CLASS_PREDICTION_COLUMNS)
-    assert list(table["attribute"]) == ["selective_class", "outgoing_class"]
-    selective = table.iloc[0]
+    assert list(table["attribute"]) == ["selective_class"] * 2 + ["outgoing_class"] * 2
+    assert list(table["unit_set"]) == ["hurting", "all"] * 2
+    hurting = table.iloc[0]
+    assert hurting["n_units"] == 7 and hurting["n_excluded"] == 2
+    assert hurting["top1_hit_rate"] == pytest.approx(3 / 7)
+    assert hurting["top5_hit_rate"] == pytest.approx(5 / 7)
+    selective = table.iloc[1]
     assert selective["n_units"] == 10 and selective["n_excluded"] == 2
     assert selective["top1_hit_rate"] == pytest.approx(0.4)
     assert selective["top5_hit_rate"] == pytest.approx(0.7)
@@ -259,9 +267,23 @@ def test_class_prediction_hit_rates_by_hand() -> None:
     assert selective["chance_top5"] == pytest.approx(5 / 20)
     assert 0.0 <= selective["permutation_top1"] < 0.4
     assert 0.0 < selective["permutation_p"] <= 1.0
-    empty = table.iloc[1]
+    assert (table["n_dead"] == 0).all() and (table["n_constant"] == 0).all()
+    empty = table.iloc[3]
     assert empty["n_units"] == 0 and empty["n_excluded"] == 12
+    assert table.iloc[2]["n_units"] == 0 and table.iloc[2]["n_excluded"] == 9
     assert np.isnan(empty[["top1_hit_rate", "top5_hit_rate", "permutation_p"]].astype(float)).all()
+
+
+def test_constant_units_are_left_out_and_counted_in_each_unit_set() -> None:
+    units = class_units().assign(constant=[False, True] + [False] * 10)
+    units = units.assign(dead=[True] + [False] * 11)
+    table = class_prediction_table(units, ["selective_class"], n_classes=20, permutations=0)
+    hurting, every = table.iloc[0], table.iloc[1]
+    # units 0 (dead) and 1 (constant) were top-1 hits: 1 of 5 hurting, 2 of 8 over all
+    assert (hurting["n_units"], hurting["n_dead"], hurting["n_constant"]) == (5, 1, 1)
+    assert hurting["top1_hit_rate"] == pytest.approx(1 / 5)
+    assert (every["n_units"], every["n_excluded"]) == (8, 4)
+    assert every["top1_hit_rate"] == pytest.approx(2 / 8)
 
 
 def test_chance_with_fewer_than_five_classes() -> None:
@@ -278,6 +300,7 @@ def test_permutation_p_is_small_when_every_unit_hits() -> None:
             "most_hurt_class": names,
             "top5_hurt_classes": names,
             "concept_class": names,
+            "max_class_drop": np.full(100, 2.0),
         }
     )
     result = class_prediction_table(units, n_classes=100, permutations=1000).iloc[0]
@@ -299,6 +322,7 @@ def test_permutation_p_is_large_when_classes_are_independent() -> None:
             "most_hurt_class": most_hurt,
             "top5_hurt_classes": most_hurt,
             "correlated_class": predicted,
+            "max_class_drop": np.full(300, 2.0),
         }
     )
     first = class_prediction_table(units, n_classes=5, seed=0).iloc[0]

@@ -71,14 +71,21 @@ def test_comparison_row_summarises_units_and_statistics() -> None:
     )
     prediction = pd.DataFrame(
         {
-            "attribute": ["selective_class"],
-            "top1_hit_rate": [0.25],
-            "top5_hit_rate": [0.75],
-            "chance_top1": [1 / 6],
-            "chance_top5": [5 / 6],
+            "attribute": ["selective_class", "selective_class"],
+            "unit_set": ["hurting", "all"],
+            "top1_hit_rate": [0.25, 0.5],
+            "top5_hit_rate": [0.75, 1.0],
+            "chance_top1": [1 / 6] * 2,
+            "chance_top5": [5 / 6] * 2,
+            "n_units": [4, 6],
         }
     )
-    row = comparison_row(units, correlations, prediction, 91.5, IDENTITY)
+    concentration = pd.DataFrame(
+        {"n_lost": [0, 3, 5, 9], "concentrated": [False, True, False, True]}
+    )
+    row = comparison_row(
+        units, correlations, prediction, 91.5, IDENTITY, concentration=concentration
+    )
     assert row["n_units"] == 4 and row["baseline_accuracy"] == 91.5
     assert row["max_class_drop_mean"] == pytest.approx(16.0)
     assert row["max_class_drop_median"] == pytest.approx(11.0)
@@ -87,6 +94,11 @@ def test_comparison_row_summarises_units_and_statistics() -> None:
     assert row["n_detectors"] == 2 and row["iou_mean"] == pytest.approx(0.04)
     assert row["spearman_selectivity_max_class_drop"] == 0.8
     assert row["top1_selective_class"] == 0.25 and row["top5_selective_class"] == 0.75
+    assert row["n_selective_class"] == 4 and row["n_hurting_units"] == 4
+    assert row["top1_selective_class_all"] == 0.5 and row["n_selective_class_all"] == 6
+    assert (row["n_units_losing"], row["n_concentrated"]) == (3, 2)
+    assert row["concentrated_fraction"] == pytest.approx(2 / 3)
+    assert "n_units_losing" not in comparison_row(units, correlations, prediction, 91.5, IDENTITY)
     baseline = pd.DataFrame(
         {"class": ["a", "b", "overall"], "n_images": [10, 30, 40], "n_correct": [5, 30, 35]}
     )
@@ -128,6 +140,10 @@ def comparison_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
                         "top1_selective_class": 0.578125,
                         "top1_correlated_class": 0.640625,
                         "top1_concept_class": np.nan,
+                        "n_selective_class": 40 + m,
+                        "n_hurting_units": 50 + depth,
+                        "n_units_losing": 50 + depth,
+                        "n_concentrated": 40 - 10 * b + depth,
                     }
                 )
     rotation = pd.DataFrame(rows)
@@ -165,13 +181,19 @@ def test_summary_numbers_come_from_the_tables() -> None:
     assert f"more than {row['overall_drop_max']:.2f} points" in paragraphs["RQ1"]
     assert f"was {row['max_class_drop_max']:.1f} points" in paragraphs["RQ1"]
     assert f"{row['units_hurting_a_class_10']} of 64 units" in paragraphs["RQ1"]
-    assert "mostly a few classes" in paragraphs["RQ1"]  # 34 / 1.67 >= 3 in both models
+    # the concentration counts per layer, and the verdict from their pooled fraction
+    assert "features.relu3 40 of 50, features.relu5 41 of 51" in paragraphs["RQ1"]
+    assert (
+        "hurts mostly a few classes: 162 of 202 units that do damage (80%)" in (paragraphs["RQ1"])
+    )
     # RQ2: Spearman values and hit rates of the deepest layer
     assert (
         f"class selectivity {row['spearman_selectivity_max_class_drop']:.2f}" in paragraphs["RQ2"]
     )
     assert "incoming L1 norm 0.52" in paragraphs["RQ2"] and "concept IoU -0.11" in paragraphs["RQ2"]
-    assert "selective class 57.8%" in paragraphs["RQ2"] and "(chance 8.3%)" in paragraphs["RQ2"]
+    assert "selective class 57.8% of 40 counted" in paragraphs["RQ2"]
+    assert "(chance 8.3%)" in paragraphs["RQ2"]
+    assert "lowers some class (51 of 64)" in paragraphs["RQ2"]
     assert "concept-implied class" not in paragraphs["RQ2"]  # NaN: no concept-implied classes
     # RQ3: per-variant values
     for model, accuracy in (("plain", "90.2"), ("batchnorm", "91.2")):
@@ -204,9 +226,26 @@ def test_summary_numbers_come_from_the_tables() -> None:
 
 
 def test_summary_says_when_no_unit_dominates_a_class() -> None:
+    """The RQ1 verdict follows the concentrated fraction, whatever the extreme drops say."""
     variants, rotation = comparison_tables()
-    variants = variants.assign(max_class_drop_max=1.0, overall_drop_max=0.9)
+    variants = variants.assign(n_concentrated=[20, 25, 21, 26])  # 92 of 202 concentrated
     text = summary_markdown(variants, rotation[rotation["basis"] == "unit"], {})
-    assert "do not mainly hurt a few classes" in text
+    assert "does not mainly hurt a few classes: only 92 of 202 units that do damage (46%)" in text
+    assert "hurts mostly" not in text
     assert "No rotated basis was configured" in text
     assert "Beyond the paper" not in text
+
+
+def test_summary_without_losses_or_concentration_draws_no_rq1_verdict() -> None:
+    variants, rotation = comparison_tables()
+    silent = summary_markdown(variants.assign(n_units_losing=0, n_concentrated=0), rotation, {})
+    assert "cannot say whether damage concentrates" in silent
+    old = variants.drop(columns=["n_units_losing", "n_concentrated"])
+    assert "no verdict is drawn" in summary_markdown(old, rotation, {})
+
+
+def test_summary_survives_an_empty_cumulative_table() -> None:
+    variants, rotation = comparison_tables()
+    empty = cumulative_table().iloc[:0]
+    text = summary_markdown(variants, rotation, {("plain", "features.relu5"): empty})
+    assert "In `plain` features.relu5 no class had ranking and measure images." in text

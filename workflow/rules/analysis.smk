@@ -31,6 +31,7 @@ rule layer_statistics:
     input:
         units="results/{model}/{layer}/{basis}/units.csv",
         class_drops="results/{model}/{layer}/{basis}/class_drops.csv",
+        prob_drops="results/{model}/{layer}/{basis}/class_prob_drops.h5",
     output:
         correlations=report(
             "results/{model}/{layer}/{basis}/correlations.csv",
@@ -46,6 +47,17 @@ rule layer_statistics:
             subcategory="{model}",
             labels={
                 "table": "class prediction",
+                "layer": "{layer}",
+                "basis": "{basis}",
+            },
+        ),
+        concentration=report(
+            "results/{model}/{layer}/{basis}/concentration.csv",
+            caption="../report/concentration.rst",
+            category="Tables",
+            subcategory="{model}",
+            labels={
+                "table": "concentration",
                 "layer": "{layer}",
                 "basis": "{basis}",
             },
@@ -66,6 +78,7 @@ rule compare:
         units=comparison_units,
         correlations=comparison_correlations,
         class_prediction=comparison_predictions,
+        concentration=comparison_concentration,
         baselines=baselines,
     output:
         variants=report(

@@ -300,6 +300,7 @@ def all_cumulative_tables(wildcards):
 def figure_outputs():
     """Every figure, PNG and PDF."""
     stems = ["results/figures/comparison/variants"]
+    "concentration.csv",
     for name in model_names():
         for kind in ("correlations", "class_prediction", "rotation", "cumulative"):
             stems.append(f"results/figures/{name}/{kind}")
@@ -332,6 +333,11 @@ def all_outputs():
 
 
 # Figure inputs.
+
+def comparison_concentration(wildcards):
+    """concentration.csv of every (model, layer, basis)."""
+    return layer_tables("concentration.csv")
+
 
 
 def figure_dpi(wildcards):

@@ -7,11 +7,10 @@ from pathlib import Path
 if "snakemake" in globals():  # make the library importable inside any rule environment
     sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 
-import pandas as pd  # noqa: E402
-
 from unitablation.logs import logged_to  # noqa: E402
 from unitablation.store import atomic_path  # noqa: E402
 from unitablation.summary import summary_markdown  # noqa: E402
+from unitablation.table_io import read_table  # noqa: E402
 
 
 def main(variants: str, rotation: str, cumulative: Sequence[str], summary_out: str) -> None:
@@ -19,8 +18,8 @@ def main(variants: str, rotation: str, cumulative: Sequence[str], summary_out: s
     tables = {}
     for path in cumulative:
         parts = Path(path).parts  # results/<model>/<layer>/unit/cumulative.csv
-        tables[(parts[-4], parts[-3])] = pd.read_csv(path)
-    text = summary_markdown(pd.read_csv(variants), pd.read_csv(rotation), tables)
+        tables[(parts[-4], parts[-3])] = read_table(path)
+    text = summary_markdown(read_table(variants), read_table(rotation), tables)
     print(text, file=sys.stderr)
     with atomic_path(summary_out) as temporary:
         temporary.write_text(text)

@@ -17,6 +17,7 @@ from unitablation.attributes import (  # noqa: E402
     attribute_table,
     find_producer,
     incoming_l1,
+    is_rectified,
     outgoing_class,
     outgoing_l1,
     rotated_summaries,
@@ -73,18 +74,21 @@ def main(
         l1_in, l1_in_bn = incoming_l1(producer, channels, rotation)
         l1_out = outgoing_l1(model, layer, channels, rotation)
         out_class = outgoing_class(model, layer, channels, rotation)
+        rectified = rotation is None and is_rectified(model, layer)
         rows = (
             stored_rows(store, layer) if rotation is None else rotated_rows(store, layer, rotation)
         )
         stats = accumulate(rows, len(classes))
     table, class_means, correlation = attribute_table(
-        stats, classes, l1_in, l1_in_bn, l1_out, out_class
+        stats, classes, l1_in, l1_in_bn, l1_out, out_class, rectified=rectified
     )
     excluded = int(table["class_correlation"].isna().sum())
     dead = [int(unit) for unit in table.loc[table["dead"], "unit"]]
+    constant = [int(unit) for unit in table.loc[table["constant"], "unit"]]
     print(
         f"{channels} units; correlation undefined (constant activation) for {excluded}; "
-        f"dead (never active on the eval set): {len(dead)} {dead}",
+        f"maps rectified: {rectified}; dead (never active on the eval set, rectified maps "
+        f"only): {len(dead)} {dead}; constant: {len(constant)} {constant}",
         file=sys.stderr,
     )
     with atomic_paths([table_out, matrices_out]) as (table_tmp, matrices_tmp):

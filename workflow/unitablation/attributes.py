@@ -28,6 +28,10 @@ PASS_THROUGH = (
     nn.Identity,
 )
 SELECTIVITY_EPSILON = 1e-7
+#: Modules whose output is never negative: a unit there with max <= 0 everywhere is all zero.
+RECTIFIERS = (nn.ReLU, nn.ReLU6)
+#: Modules that keep a non-negative input non-negative, walked through to find a rectifier.
+KEEPS_SIGN = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Dropout, nn.Identity)
 
 
 @dataclass
@@ -61,6 +65,29 @@ def find_producer(model: nn.Module, layer: str) -> Producer:
         elif not isinstance(child, PASS_THROUGH):
             return Producer(None, None, f"{type(child).__name__} mixes channels before {layer}")
     return Producer(None, None, f"no conv or linear op before {layer} in its Sequential")
+
+
+def is_rectified(model: nn.Module, layer: str) -> bool:
+    """Whether `layer`'s output is a ReLU's, directly or through sign-keeping Sequential siblings.
+
+    Only there does "never active" (max <= 0 on every image) mean the unit is all zero, i.e.
+    dead; a pre-activation unit or an unrecognised module is never called dead.
+    """
+    module = model.get_submodule(layer)
+    if isinstance(module, RECTIFIERS):
+        return True
+    parent_path, _, name = layer.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    if not isinstance(module, KEEPS_SIGN) or not isinstance(parent, nn.Sequential):
+        return False
+    names = [child for child, _ in parent.named_children()]
+    for child_name in reversed(names[: names.index(name)]):
+        child = parent.get_submodule(child_name)
+        if isinstance(child, RECTIFIERS):
+            return True
+        if not isinstance(child, KEEPS_SIGN):
+            return False
+    return False
 
 
 def _rotated(weight: torch.Tensor, rotation: np.ndarray | None) -> torch.Tensor:
@@ -261,9 +288,17 @@ def class_correlation(stats: ActivationStatistics) -> np.ndarray:
     return np.clip(rho, -1.0, 1.0)
 
 
-def dead_units(stats: ActivationStatistics) -> np.ndarray:
-    """(C,) True for units never active on the eval set: spatial max <= 0 on every image."""
-    return stats.active == 0
+def dead_units(stats: ActivationStatistics, rectified: bool) -> np.ndarray:
+    """(C,) True for units never active on the eval set (spatial max <= 0 on every image) where
+    maps are rectified (unit basis of a post-ReLU layer); elsewhere no unit is dead."""
+    return (stats.active == 0) & rectified
+
+
+def constant_units(stats: ActivationStatistics) -> np.ndarray:
+    """(C,) True where a_u(x) has zero variance over the eval set (the correlation's tolerance)."""
+    mean_square = stats.sum_a2 / stats.count
+    variance = np.maximum(mean_square - (stats.sum_a / stats.count) ** 2, 0.0)
+    return variance <= 1e-12 * np.maximum(1.0, mean_square)
 
 
 def attribute_table(
@@ -273,11 +308,14 @@ def attribute_table(
     l1_in_bn: np.ndarray,
     l1_out: np.ndarray,
     out_class: np.ndarray | None = None,
+    *,
+    rectified: bool,
 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """attributes.csv rows (one per unit), plus the (C, K) class means and correlations.
 
-    A dead unit (never active on the eval set; `dead` True) has SI 0, no selective class, and a
-    NaN class correlation with no correlated class (its activation is constant).
+    `rectified` says whether the maps are a ReLU's (unit basis of a post-ReLU layer): only
+    there is a never-active unit `dead`. A dead unit has SI 0, no selective class, and a NaN
+    class correlation with no correlated class; so has any `constant` unit (zero variance).
     """
     mu = class_means(stats)
     si, selective = selectivity(mu)
@@ -303,7 +341,8 @@ def attribute_table(
             "mean_activation": mean,
             "active_fraction": stats.active / stats.count,
             "activation_variance": np.maximum(stats.sum_a2 / stats.count - mean**2, 0.0),
-            "dead": dead_units(stats),
+            "dead": dead_units(stats, rectified),
+            "constant": constant_units(stats),
         }
     )
     return table, mu, rho

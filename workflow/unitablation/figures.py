@@ -565,9 +565,12 @@ def class_prediction_figure(
     layers: Sequence[str] | None = None,
     title: str | None = None,
 ) -> Figure:
-    """Per layer: top-1 and top-5 hit rates (%) of each class attribute, chance and permutation."""
+    """Per layer: top-1 and top-5 hit rates (%) of each class attribute, chance and permutation,
+    over the hurting units (M_u > 0; class_prediction.csv's headline rows)."""
     if "basis" in table:
         table = table[table["basis"] == "unit"]
+    if "unit_set" in table:
+        table = table[table["unit_set"] == "hurting"]
     layers = list(layers) if layers is not None else list(dict.fromkeys(table["layer"]))
     rows = max(1, math.ceil(len(layers) / 3))
     figure = Figure(

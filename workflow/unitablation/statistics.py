@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .degenerate import dead_flags
-from .drops import rank_classes
+from .degenerate import constant_flags, dead_flags
+from .drops import TIE_TOLERANCE, rank_classes
 
 NUMERIC_ATTRIBUTES: tuple[str, ...] = (
     "l1_in",
@@ -55,6 +55,7 @@ CORRELATION_COLUMNS: tuple[str, ...] = (
 )
 CLASS_PREDICTION_COLUMNS: tuple[str, ...] = (
     "attribute",
+    "unit_set",
     "top1_hit_rate",
     "top5_hit_rate",
     "chance_top1",
@@ -65,7 +66,11 @@ CLASS_PREDICTION_COLUMNS: tuple[str, ...] = (
     "n_units",
     "n_excluded",
     "n_dead",
+    "n_constant",
 )
+#: The unit sets of class_prediction.csv: units whose ablation lowers some class (M_u > 0, the
+#: headline), and all units (M_u = 0 units' most-hurt class is the tie rule's pick).
+UNIT_SETS: tuple[str, ...] = ("hurting", "all")
 
 
 def _rng(seed: int, *names: str) -> np.random.Generator:
@@ -222,6 +227,46 @@ def _class_lists(values: pd.Series) -> list[set[str]]:
     ]
 
 
+def hurting_flags(units: pd.DataFrame) -> np.ndarray:
+    """Units whose ablation lowers some class: M_u > 0 beyond the drops' tie tolerance."""
+    return np.nan_to_num(_numeric(units, "max_class_drop"), nan=0.0) > TIE_TOLERANCE
+
+
+def _hit_rates(
+    predicted: np.ndarray,
+    most_hurt: np.ndarray,
+    top5: list[set[str]],
+    permutations: int,
+    rng: np.random.Generator,
+) -> dict[str, float]:
+    """Top-1 and top-5 hit rates of the counted units, with the permutation baseline and p."""
+    n = len(predicted)
+    names, codes = np.unique(predicted, return_inverse=True)
+    code_of = {name: code for code, name in enumerate(names)}
+    top1_member = np.zeros((n, len(names)), dtype=bool)
+    top5_member = np.zeros((n, len(names)), dtype=bool)
+    for unit in range(n):
+        if most_hurt[unit] in code_of:
+            top1_member[unit, code_of[most_hurt[unit]]] = True
+        for name in top5[unit]:
+            if name in code_of:
+                top5_member[unit, code_of[name]] = True
+    unit_index = np.arange(n)
+    top1_hits = int(top1_member[unit_index, codes].sum())
+    top5_hits = int(top5_member[unit_index, codes].sum())
+    rates = {"top1_hit_rate": top1_hits / n, "top5_hit_rate": top5_hits / n}
+    if permutations > 0:
+        shuffled = rng.permuted(np.tile(codes, (permutations, 1)), axis=1)
+        shuffled_top1 = top1_member[unit_index[None, :], shuffled].sum(axis=1)
+        shuffled_top5 = top5_member[unit_index[None, :], shuffled].sum(axis=1)
+        rates.update(
+            permutation_top1=float(shuffled_top1.mean() / n),
+            permutation_top5=float(shuffled_top5.mean() / n),
+            permutation_p=float((1 + np.sum(shuffled_top1 >= top1_hits)) / (1 + permutations)),
+        )
+    return rates
+
+
 def class_prediction_table(
     units: pd.DataFrame,
     attributes: Sequence[str] = CLASS_ATTRIBUTES,
@@ -233,73 +278,72 @@ def class_prediction_table(
     """How often a class-valued attribute names the most-hurt class (top-1) or one of the five
     most-hurt classes (top-5), against chance (1/K, 5/K) and a permutation baseline.
 
-    A unit counts when its attribute class and most_hurt_class are non-empty and it is not
-    flagged `dead` (never active on the eval set: ablating it changes nothing in the unit
-    basis, so its most-hurt class is only the tie rule's pick); the others are counted in
-    n_excluded, the dead ones also in n_dead. The baseline
-    shuffles the attribute's classes among counted units; permutation_p is one-sided on top-1,
-    (1 + #shuffles with hits >= observed) / (1 + permutations). Each attribute's shuffles use
-    ``default_rng([seed, crc32(attribute)])``.
+    Two rows per attribute (`unit_set`): "hurting", the units with M_u > 0 (the headline: a
+    unit with M_u = 0 has a most-hurt class picked by the probability tie-break alone), and
+    "all". Within a set, a unit counts when its attribute class and most_hurt_class are
+    non-empty and it is neither `dead` nor `constant` (its activations carry no class); the
+    others are counted in n_excluded, the dead and constant ones also in n_dead and n_constant.
+    The baseline shuffles the attribute's classes among counted units; permutation_p is
+    one-sided on top-1, (1 + #shuffles with hits >= observed) / (1 + permutations). Each
+    (attribute, unit set)'s shuffles use ``default_rng([seed, crc32(attribute), crc32(set)])``.
     """
     if n_classes <= 0:
         raise ValueError(f"n_classes must be positive, got {n_classes}")
-    missing = [c for c in ("most_hurt_class", "top5_hurt_classes") if c not in units.columns]
+    missing = [
+        c
+        for c in ("most_hurt_class", "top5_hurt_classes", "max_class_drop")
+        if c not in units.columns
+    ]
     if missing:
         raise ValueError(f"units lack column(s) {missing}")
     most_hurt_all = _class_names(units["most_hurt_class"])
     top5_all = _class_lists(units["top5_hurt_classes"])
-    dead = dead_flags(units)
+    dead, constant = dead_flags(units), constant_flags(units)
+    members = {"hurting": hurting_flags(units), "all": np.ones(len(units), dtype=bool)}
     rows = []
     for attribute in attributes:
         if attribute not in units.columns:
             continue
         predicted_all = _class_names(units[attribute])
-        counted = (predicted_all != "") & (most_hurt_all != "") & ~dead
-        predicted, most_hurt = predicted_all[counted], most_hurt_all[counted]
-        top5 = [names for names, keep in zip(top5_all, counted, strict=True) if keep]
-        n = len(predicted)
-        row = {
-            "attribute": attribute,
-            "top1_hit_rate": np.nan,
-            "top5_hit_rate": np.nan,
-            "chance_top1": 1.0 / n_classes,
-            "chance_top5": min(5, n_classes) / n_classes,
-            "permutation_top1": np.nan,
-            "permutation_top5": np.nan,
-            "permutation_p": np.nan,
-            "n_units": int(n),
-            "n_excluded": int(len(counted) - n),
-            "n_dead": int(dead.sum()),
-        }
-        if n > 0:
-            names, codes = np.unique(predicted, return_inverse=True)
-            code_of = {name: code for code, name in enumerate(names)}
-            top1_member = np.zeros((n, len(names)), dtype=bool)
-            top5_member = np.zeros((n, len(names)), dtype=bool)
-            for unit in range(n):
-                if most_hurt[unit] in code_of:
-                    top1_member[unit, code_of[most_hurt[unit]]] = True
-                for name in top5[unit]:
-                    if name in code_of:
-                        top5_member[unit, code_of[name]] = True
-            unit_index = np.arange(n)
-            top1_hits = int(top1_member[unit_index, codes].sum())
-            top5_hits = int(top5_member[unit_index, codes].sum())
-            row.update(top1_hit_rate=top1_hits / n, top5_hit_rate=top5_hits / n)
-            if permutations > 0:
-                rng = _rng(seed, attribute)
-                shuffled = rng.permuted(np.tile(codes, (permutations, 1)), axis=1)
-                shuffled_top1 = top1_member[unit_index[None, :], shuffled].sum(axis=1)
-                shuffled_top5 = top5_member[unit_index[None, :], shuffled].sum(axis=1)
+        usable = (predicted_all != "") & (most_hurt_all != "") & ~dead & ~constant
+        for unit_set in UNIT_SETS:
+            member = members[unit_set]
+            counted = usable & member
+            row = {
+                "attribute": attribute,
+                "unit_set": unit_set,
+                "top1_hit_rate": np.nan,
+                "top5_hit_rate": np.nan,
+                "chance_top1": 1.0 / n_classes,
+                "chance_top5": min(5, n_classes) / n_classes,
+                "permutation_top1": np.nan,
+                "permutation_top5": np.nan,
+                "permutation_p": np.nan,
+                "n_units": int(counted.sum()),
+                "n_excluded": int((member & ~counted).sum()),
+                "n_dead": int((member & dead).sum()),
+                "n_constant": int((member & constant).sum()),
+            }
+            if counted.any():
+                top5 = [names for names, keep in zip(top5_all, counted, strict=True) if keep]
                 row.update(
-                    permutation_top1=float(shuffled_top1.mean() / n),
-                    permutation_top5=float(shuffled_top5.mean() / n),
-                    permutation_p=float(
-                        (1 + np.sum(shuffled_top1 >= top1_hits)) / (1 + permutations)
-                    ),
+                    _hit_rates(
+                        predicted_all[counted],
+                        most_hurt_all[counted],
+                        top5,
+                        permutations,
+                        _rng(seed, attribute, unit_set),
+                    )
                 )
-        rows.append(row)
+            rows.append(row)
     return pd.DataFrame(rows, columns=list(CLASS_PREDICTION_COLUMNS))
+
+
+def headline(prediction: pd.DataFrame) -> pd.DataFrame:
+    """The rows of class_prediction.csv the summary quotes: the hurting units (M_u > 0)."""
+    if "unit_set" not in prediction.columns:
+        return prediction
+    return prediction[prediction["unit_set"] == "hurting"]
 
 
 def top_classes(

@@ -41,32 +41,105 @@ def focus_rows(variants: pd.DataFrame) -> pd.DataFrame:
     return variants.groupby("model", sort=False).tail(1)
 
 
-def rq1(variants: pd.DataFrame) -> str:
-    """Overall versus per-class drops, per training variant."""
-    sentences = []
-    ratios = []
-    for model, rows in variants.groupby("model", sort=False):
-        overall = rows.loc[rows["overall_drop_max"].idxmax()]
-        per_class = rows.loc[rows["max_class_drop_max"].idxmax()]
-        hurt = [c for c in rows.columns if c.startswith("units_hurting_a_class_")][0]
-        threshold = hurt.rsplit("_", 1)[1]
-        sentences.append(
-            f"In `{model}` no single unit lowered overall accuracy by more than "
-            f"{number(overall['overall_drop_max'])} points (largest in {overall['layer']}; "
-            f"mean there {number(overall['overall_drop_mean'])}), while the largest drop of one "
-            f"class was {number(per_class['max_class_drop_max'], 1)} points (in "
-            f"{per_class['layer']}, where {int(per_class[hurt])} of {int(per_class['n_units'])} "
-            f"units hurt some class by at least {threshold} points)."
-        )
-        ratios.append(per_class["max_class_drop_max"] / max(overall["overall_drop_max"], 1e-9))
-    verdict = (
-        "Removing one unit hurts mostly a few classes: the worst class drop is many times the "
-        "worst overall drop in every variant."
-        if min(ratios) >= 3
-        else "The worst class drop is not much larger than the worst overall drop in at least "
-        "one variant, so here single units do not mainly hurt a few classes."
+#: RQ1 says "mostly a few classes" when at least this fraction of the units that do damage
+#: concentrate it beyond chance (concentration test), over every variant and layer together.
+CONCENTRATED_MAJORITY = 0.5
+CONCENTRATION_COLUMNS = ("n_units_losing", "n_concentrated")
+
+
+def _percent(part: int, whole: int) -> str:
+    """part of whole in percent as printed ('n/a' for no whole)."""
+    return number(100.0 * part / whole, 0) if whole else "n/a"
+
+
+def rq1_extremes(model: str, rows: pd.DataFrame) -> str:
+    """The largest overall and class drop of one unit in a variant, as table cells."""
+    overall = rows.loc[rows["overall_drop_max"].idxmax()]
+    per_class = rows.loc[rows["max_class_drop_max"].idxmax()]
+    hurt = [c for c in rows.columns if c.startswith("units_hurting_a_class_")][0]
+    threshold = hurt.rsplit("_", 1)[1]
+    return (
+        f"In `{model}` no single unit lowered overall accuracy by more than "
+        f"{number(overall['overall_drop_max'])} points (largest in {overall['layer']}; "
+        f"mean there {number(overall['overall_drop_mean'])}), while the largest drop of one "
+        f"class was {number(per_class['max_class_drop_max'], 1)} points (in "
+        f"{per_class['layer']}, where {int(per_class[hurt])} of {int(per_class['n_units'])} "
+        f"units hurt some class by at least {threshold} points)."
     )
-    return "**RQ1. One unit: overall or a few classes?** " + " ".join(sentences) + " " + verdict
+
+
+def rq1_concentration(model: str, rows: pd.DataFrame) -> str:
+    """Per layer of a variant: how many damaging units concentrate their damage beyond chance."""
+    layers = ", ".join(
+        f"{row.layer} {int(row.n_concentrated)} of {int(row.n_units_losing)}"
+        for row in rows.itertuples(index=False)
+    )
+    return f"Units of `{model}` whose damage is concentrated, of those that do damage: {layers}."
+
+
+def rq1_verdict(variants: pd.DataFrame) -> str:
+    """The RQ1 answer, from the concentration counts pooled over every variant and layer."""
+    losing = int(variants["n_units_losing"].sum())
+    concentrated = int(variants["n_concentrated"].sum())
+    if losing == 0:
+        return (
+            "No unit's ablation turned any eval image from correct to wrong, so the data "
+            "cannot say whether damage concentrates on a few classes."
+        )
+    share = f"{concentrated} of {losing} units that do damage ({_percent(concentrated, losing)}%)"
+    if concentrated / losing >= CONCENTRATED_MAJORITY:
+        return (
+            f"Removing one unit hurts mostly a few classes: {share} concentrate it on a class "
+            "beyond chance."
+        )
+    return (
+        f"Removing one unit does not mainly hurt a few classes: only {share} concentrate it on "
+        "a class beyond chance; the others spread it no more than chance would."
+    )
+
+
+def rq1(variants: pd.DataFrame) -> str:
+    """Overall versus per-class drops, and whether one unit's damage is concentrated."""
+    sentences = [rq1_extremes(model, rows) for model, rows in variants.groupby("model", sort=False)]
+    if set(CONCENTRATION_COLUMNS) <= set(variants.columns):
+        method = (
+            "Concentration test: a unit's damage is concentrated when its largest class drop "
+            "is larger than the same number of lost images spread at random over the correctly "
+            "classified eval images gives (p < 0.05)."
+        )
+        sentences.append(method)
+        sentences.extend(
+            rq1_concentration(model, rows) for model, rows in variants.groupby("model", sort=False)
+        )
+        sentences.append(rq1_verdict(variants))
+    else:
+        sentences.append("The tables carry no concentration test, so no verdict is drawn.")
+    return "**RQ1. One unit: overall or a few classes?** " + " ".join(sentences)
+
+
+def class_hits(row: Mapping[str, object]) -> str:
+    """RQ2's class-prediction sentence: top-1 hit rates over hurting units, with counts."""
+    hits = []
+    for attr, name in CLASS_ATTRIBUTE_NAMES.items():
+        value = row.get(f"top1_{attr}", np.nan)
+        if not pd.isna(value):
+            count = row.get(f"n_{attr}", np.nan)
+            counted = "" if pd.isna(count) else f" of {int(count)} counted"
+            hits.append(f"{name} {number(100 * float(value), 1)}%{counted}")
+    if not hits:
+        return ""
+    hurting = row.get("n_hurting_units", np.nan)
+    over = (
+        "Over the units whose ablation lowers some class "
+        f"({int(hurting)} of {int(row['n_units'])}), the"
+        if not pd.isna(hurting)
+        else "The"
+    )
+    chance = float(row.get("chance_top1", np.nan))
+    return (
+        f" {over} most-hurt class equals the unit's {', '.join(hits)} "
+        f"(chance {number(100 * chance, 1)}%)."
+    )
 
 
 def rq2(variants: pd.DataFrame) -> str:
@@ -85,18 +158,7 @@ def rq2(variants: pd.DataFrame) -> str:
             }
             listed = ", ".join(f"{name} {number(v)}" for name, v in values.items())
             parts.append(f"with the {label}: {listed}")
-        hits = []
-        for attr, name in CLASS_ATTRIBUTE_NAMES.items():
-            value = row.get(f"top1_{attr}", np.nan)
-            if not np.isnan(value):
-                hits.append(f"{name} {number(100 * value, 1)}%")
-        chance = row.get("chance_top1", np.nan)
-        hit_text = (
-            f" The unit's most-hurt class equals its {', '.join(hits)} of the time "
-            f"(chance {number(100 * chance, 1)}%)."
-            if hits
-            else ""
-        )
+        hit_text = class_hits(row)
         sentences.append(
             f"In `{row['model']}` {row['layer']}, Spearman rho over units "
             + "; ".join(parts)
@@ -192,17 +254,40 @@ def degenerate_paragraph(rotation: pd.DataFrame) -> str:
             for row in dead.itertuples(index=False)
         )
         sentences.append(
-            f"Dead units (never active on the eval set, `dead` in units.csv): {listed}. A dead "
-            "unit's class correlation is undefined (constant activation: left out of the "
-            "correlations and counted in n_excluded), it has no selective class and is left "
-            "out of the class prediction rates (n_dead)."
+            f"Dead units (never active on the eval set where maps are a ReLU's, `dead` in "
+            f"units.csv): {listed}. A dead unit's class correlation is undefined (constant "
+            "activation: left out of the correlations and counted in n_excluded), it has no "
+            "selective class and is left out of the class prediction rates (n_dead)."
+        )
+    constant = constant_not_dead(rotation)
+    if len(constant):
+        listed = "; ".join(
+            f"`{row.model}` {row.layer} ({row.basis} basis) {int(count)} of {int(row.n_units)}"
+            for count, row in zip(
+                constant, rotation.loc[constant.index].itertuples(index=False), strict=True
+            )
+        )
+        sentences.append(
+            "Constant units that are not dead (zero activation variance over the eval set, "
+            f"`constant` in units.csv): {listed}; they are left out of the class prediction "
+            "rates (n_constant) and of the class-correlation statistics."
         )
     if not sentences:
         sentences.append(
-            "Every unit was active on some eval image and every model predicted every class "
-            "at least once."
+            "No unit was dead or constant on the eval set and every model predicted every "
+            "class at least once."
         )
     return "**Degenerate units and classes.** " + " ".join(sentences)
+
+
+def constant_not_dead(rotation: pd.DataFrame) -> pd.Series:
+    """Per row of rotation.csv with any, the number of constant units that are not dead."""
+    if "n_constant_units" not in rotation.columns:
+        return pd.Series(dtype=np.float64)
+    count = pd.to_numeric(rotation["n_constant_units"], errors="coerce") - pd.to_numeric(
+        rotation["n_dead_units"], errors="coerce"
+    ).fillna(0)
+    return count[count > 0]
 
 
 #: Appended to the introduction when the text prints an undefined number.
@@ -232,12 +317,12 @@ def cumulative_paragraph(cumulative: Mapping[tuple[str, str], pd.DataFrame]) -> 
         deepest[model] = (layer, table)
     sentences = []
     for model, (layer, table) in deepest.items():
-        ks = sorted(set(table["k"]))
-        k = max((value for value in ks if value <= CUMULATIVE_K), default=ks[0])
-        medians = cumulative_medians(table, k)
         if table.empty:
             sentences.append(f"In `{model}` {layer} no class had ranking and measure images.")
             continue
+        ks = sorted(set(table["k"]))
+        k = max((value for value in ks if value <= CUMULATIVE_K), default=ks[0])
+        medians = cumulative_medians(table, k)
         sentences.append(
             f"In `{model}` {layer}, ablating each class's {k} top-ranked units lowered that "
             f"class's accuracy by a median of {number(medians['top_class_drop'], 1)} points "

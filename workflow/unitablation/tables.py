@@ -7,8 +7,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .degenerate import dead_flags
-from .statistics import TARGETS, top_classes
+from .concentration import concentration_summary
+from .degenerate import constant_flags, dead_flags
+from .statistics import TARGETS, hurting_flags, top_classes
 
 #: Leading identifier columns of every analysis table.
 KEYS = ("model", "layer", "basis")
@@ -64,11 +65,15 @@ def comparison_row(
     baseline_accuracy: float,
     identity: Mapping[str, str],
     never_predicted: Sequence[str] = (),
+    concentration: pd.DataFrame | None = None,
 ) -> dict[str, object]:
     """One (model, layer, basis): drop and attribute distributions and every statistic, wide.
 
     `never_predicted` names the model's classes that it predicts for no eval image (from
-    baseline.csv's n_predicted); `n_dead_units` counts units flagged dead in units.csv.
+    baseline.csv's n_predicted); `n_dead_units` and `n_constant_units` count units flagged in
+    units.csv. Class-prediction rates `top1_<attribute>` are over hurting units (M_u > 0),
+    `top1_<attribute>_all` over all units, each with its count `n_<attribute>[_all]`; the RQ1
+    concentration counts come from `concentration` (concentration.csv) when given.
     """
     row: dict[str, object] = {key: identity[key] for key in KEYS}
     row["baseline_accuracy"] = baseline_accuracy
@@ -76,6 +81,8 @@ def comparison_row(
     row["classes_never_predicted"] = ";".join(never_predicted)
     row["n_units"] = len(units)
     row["n_dead_units"] = int(dead_flags(units).sum())
+    row["n_constant_units"] = int(constant_flags(units).sum())
+    row["n_hurting_units"] = int(hurting_flags(units).sum())
     for target in TARGETS:
         values = units[target]
         row[f"{target}_mean"] = values.mean()
@@ -89,13 +96,24 @@ def comparison_row(
     row["n_detectors"] = int(units["is_detector"].astype(bool).sum())
     for item in correlations.itertuples(index=False):
         row[f"spearman_{item.attribute}_{item.target}"] = item.spearman
-    if len(class_prediction):
-        row["chance_top1"] = class_prediction["chance_top1"].iloc[0]
-        row["chance_top5"] = class_prediction["chance_top5"].iloc[0]
-    for item in class_prediction.itertuples(index=False):
-        row[f"top1_{item.attribute}"] = item.top1_hit_rate
-        row[f"top5_{item.attribute}"] = item.top5_hit_rate
+    if concentration is not None:
+        row.update(concentration_summary(concentration))
+    row.update(prediction_columns(class_prediction))
     return row
+
+
+def prediction_columns(class_prediction: pd.DataFrame) -> dict[str, object]:
+    """Hit rates and unit counts per class attribute: hurting units bare, all units `_all`."""
+    columns: dict[str, object] = {}
+    if len(class_prediction):
+        columns["chance_top1"] = class_prediction["chance_top1"].iloc[0]
+        columns["chance_top5"] = class_prediction["chance_top5"].iloc[0]
+    for item in class_prediction.to_dict("records"):
+        suffix = "_all" if item.get("unit_set", "hurting") == "all" else ""
+        columns[f"top1_{item['attribute']}{suffix}"] = item["top1_hit_rate"]
+        columns[f"top5_{item['attribute']}{suffix}"] = item["top5_hit_rate"]
+        columns[f"n_{item['attribute']}{suffix}"] = item.get("n_units", np.nan)
+    return columns
 
 
 def comparison_table(rows: Sequence[Mapping[str, object]]) -> pd.DataFrame:
