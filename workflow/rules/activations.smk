@@ -1,9 +1,12 @@
 # Activations: forward passes over each image set into HDF5 (one store per layer, so adding a
 # layer leaves the others' stores and everything downstream of them untouched), and the baseline.
+# Class names (class_inputs): a model entry's class list, or for the concept split of a model
+# not trained here the eval split's class folders (only their names are read).
 
 
 rule extract_activations:
     input:
+        unpack(class_inputs),
         images=split_source,
         weights=model_weights,
     output:
@@ -26,6 +29,7 @@ rule extract_activations:
 
 rule extract_outputs:
     input:
+        unpack(class_inputs),
         images=split_source,
         weights=model_weights,
     output:

@@ -145,6 +145,56 @@ def model_weights(wildcards):
     return entry["weights"]
 
 
+def class_list_path(name):
+    """The class list file a model entry's `classes` names (shipped or a path), else None."""
+    from unitablation.class_lists import SHIPPED_LISTS
+
+    value = model_entry(name).get("classes")
+    if value in SHIPPED_LISTS:
+        return str(Path(workflow.basedir) / "resources" / "classes" / f"{value}.txt")
+    return value
+
+
+def class_inputs(wildcards):
+    """Class-name sources of an extraction besides its checkpoint: the entry's class list,
+    else (concept split, model not trained here) the eval split's class folders."""
+    path = class_list_path(wildcards.model)
+    if path:
+        return {"class_list": path}
+    if wildcards.split == "concept" and not is_trained(wildcards.model):
+        return {"class_folders": eval_images(wildcards)}
+    return {}
+
+
+def check_config_classes():
+    """Fail at start when a model's `classes` is no readable class list of its width."""
+    from unitablation.class_lists import read_class_list
+
+    for name in model_names():
+        entry = model_entry(name)
+        if "classes" not in entry:
+            continue
+        key = f"models.{name}.classes"
+        if is_trained(name):
+            raise ValueError(
+                f"config error in {key}: a {TRAINED_ARCH} takes its class names from its "
+                "train_images folders; remove the key"
+            )
+        try:
+            names = read_class_list(class_list_path(name)).names
+        except ValueError as error:
+            raise ValueError(f"config error in {key}: {error}") from None
+        width = entry.get("num_classes")
+        if width and len(names) != width:
+            raise ValueError(
+                f"config error in {key}: {class_list_path(name)} names {len(names)} classes "
+                f"but models.{name}.num_classes is {width}"
+            )
+
+
+check_config_classes()
+
+
 def model_spec_params(wildcards):
     """The model entry with the image size resolved: what building the network reads."""
     entry = dict(model_entry(wildcards.model))

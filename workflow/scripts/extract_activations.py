@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from unitablation.broden import read_broden  # noqa: E402
+from unitablation.class_lists import read_class_list  # noqa: E402
 from unitablation.devices import use_full_float32  # noqa: E402
 from unitablation.extraction import extract_activations  # noqa: E402
 from unitablation.images import FileListSet, ImageFolderSet, default_preprocess  # noqa: E402
@@ -32,29 +33,39 @@ def main(
     activations: Mapping[str, Any],
     device_name: str,
     threads: int,
+    class_list: str | None = None,
+    class_folders: str | None = None,
 ) -> None:
-    """Build the model from its checkpoint, run it once over the split, write the store."""
+    """Build the model from its checkpoint, run it once over the split, write the store.
+
+    Class names: the checkpoint's, else the `class_list` file's, else the eval split's class
+    folders (`source` itself for the eval split, `class_folders` for the concept set), else
+    "0".."K-1". The eval split's folders must be the classes' folders, in output order.
+    """
     torch.set_num_threads(threads)
     use_full_float32()
     with gpu_lease(device_name) as lease:
         print(f"device: {lease.description}", file=sys.stderr)
         device = lease.device
         preprocess = default_preprocess(model_entry["arch"], model_entry.get("preprocess"))
+        listed = read_class_list(class_list) if class_list else None
         if split == "eval":
             dataset = ImageFolderSet(source, preprocess)
             paths = dataset.relative_paths()
-            hint = dataset.classes
+            folders = dataset.classes
         else:
             broden = read_broden(source)
             paths = [record.image for record in broden.records]
             files = [Path(source) / "images" / path for path in paths]
             dataset = FileListSet(files, [-1] * len(files), preprocess)
-            hint = None
-        model, spec, classes = load_configured_model(model_entry, weights, device, hint)
-        if split == "eval" and classes != dataset.classes:
+            folders = ImageFolderSet(class_folders, preprocess).classes if class_folders else None
+        model, spec, classes = load_configured_model(model_entry, weights, device, folders, listed)
+        expected = listed.folders if listed is not None else classes
+        if split == "eval" and expected != dataset.classes:
             raise ValueError(
-                f"eval image folder {source} has classes {dataset.classes[:5]}... but checkpoint "
-                f"{weights} was trained on {classes[:5]}..."
+                f"eval image folder {source} has class folders {dataset.classes[:5]}... but "
+                f"{'class list ' + listed.source if listed else 'checkpoint ' + str(weights)} "
+                f"expects {expected[:5]}... ({len(expected)} classes, output order)"
             )
         check_layers(spec, layers, model_name)
         loader = DataLoader(
@@ -96,4 +107,6 @@ if "snakemake" in globals():
             snakemake.params.activations,  # noqa: F821
             snakemake.params.device,  # noqa: F821
             snakemake.threads,  # noqa: F821
+            snakemake.input.get("class_list"),  # noqa: F821
+            snakemake.input.get("class_folders"),  # noqa: F821
         )

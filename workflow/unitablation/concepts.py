@@ -594,14 +594,19 @@ def store_reader(
     return StoreMaps(maps, rotation, rows_per_read)
 
 
+#: Suffix of Broden's scene label names ("street-s"); a class matches its name without it.
+SCENE_SUFFIX = "-s"
+
+
 def concept_classes(
     labels: ConceptLabels, concepts: np.ndarray, classes: Sequence[str]
 ) -> list[str]:
     """The concept-implied class of each unit: the class whose images most often carry its concept.
 
     `concepts` holds result columns (one per unit; -1, no concept, gives ""). A class counts
-    when the concept set has a label of the same name (in the default world, and partly in
-    Broden with Places365, scene labels are the classes); an image "carries" a label when any of
+    when the concept set has a label of the same name, or a scene label of that name plus "-s"
+    (in the default world, and partly in Broden with Places365, scene labels are the classes;
+    Broden writes them "<scene>-s"; an exact name wins); an image "carries" a label when any of
     its pixels (or the image, for image-level labels) has it. Ties go to the lower class index;
     no usable class gives "".
     """
@@ -609,6 +614,11 @@ def concept_classes(
     for row, item in enumerate(labels.images):
         present[row, item.columns] = True
     name_to_column = {name: k for k, name in enumerate(labels.index.names)}
+    for k, (name, category) in enumerate(
+        zip(labels.index.names, labels.index.categories, strict=True)
+    ):  # Broden names scene labels "<scene>-s": "bakery-shop-s" is the class "bakery-shop"
+        if category == "scene" and name.endswith(SCENE_SUFFIX):
+            name_to_column.setdefault(name.removesuffix(SCENE_SUFFIX), k)
     class_columns = [(k, name_to_column.get(name, -1)) for k, name in enumerate(classes)]
     usable = [
         (k, column) for k, column in class_columns if column >= 0 and present[:, column].any()

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .class_lists import ClassList, model_class_names
 from .store import atomic_path
 
 TINY_ARCH = "tinyalex"
@@ -312,14 +313,18 @@ def load_configured_model(
     weights: str | Path,
     device: torch.device,
     classes_hint: Sequence[str] | None = None,
+    class_list: ClassList | None = None,
 ) -> tuple[nn.Module, ModelSpec, list[str]]:
     """Model, spec and class names from a `models.<name>` config entry and its checkpoint.
 
-    Class names come from the checkpoint when it records them, else `classes_hint` (the eval
-    folder's classes), else "0".."K-1" from the width of the classifier.
+    Class names come from the checkpoint when it records them, else the entry's `class_list`,
+    else `classes_hint` (the eval split's class folders, or the store written from them), else
+    "0".."K-1"; all but the last must name exactly the classifier's outputs (class_lists).
     """
     checkpoint = read_checkpoint(weights)
-    classes = list(checkpoint.classes or classes_hint or map(str, range(checkpoint.num_classes())))
+    classes = model_class_names(
+        checkpoint.num_classes(), checkpoint.classes, class_list, classes_hint, str(weights)
+    )
     entry = {**entry, "num_classes": entry.get("num_classes") or len(classes)}
     spec = ModelSpec.from_config(entry, len(classes), int(entry.get("image_size") or 224))
     return load_model(spec, checkpoint, device, weights), spec, classes
