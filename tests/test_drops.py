@@ -83,3 +83,34 @@ def test_no_class_with_eval_images_is_rejected() -> None:
     zeros = np.zeros((1, 2))
     with pytest.raises(ValueError, match="no class has eval images"):
         drop_tables(np.arange(1), zeros, zeros, np.zeros(2), np.zeros(2), np.zeros(2), ["a", "b"])
+
+
+def test_gross_losses_become_n_lost_per_unit_in_unit_order() -> None:
+    """n_lost sums a unit's correct -> wrong images over classes; it can exceed the net loss."""
+    correct = np.array([[8, 5, 2, 0], [7, 5, 2, 0]])
+    # unit 5 loses 2 images of a and gains 2 back (net 0); unit 2 loses 1 of a
+    lost = np.array([[2, 0, 0, 0], [1, 0, 0, 0]])
+    result = drop_tables(
+        np.array([5, 2]),
+        correct,
+        np.tile(BASE_PROB, (2, 1)),
+        BASE,
+        BASE_PROB,
+        SIZES,
+        CLASSES,
+        lost=lost,
+    )
+    assert result.drops["unit"].tolist() == [2, 5]
+    assert result.drops["n_lost"].tolist() == [1, 2]
+    assert result.drops["overall_drop"].tolist() == pytest.approx([100 / 19, 0.0])
+    with pytest.raises(ValueError, match=r"lost has shape \(2, 3\), expected \(2, 4\)"):
+        drop_tables(
+            np.array([5, 2]),
+            correct,
+            np.tile(BASE_PROB, (2, 1)),
+            BASE,
+            BASE_PROB,
+            SIZES,
+            CLASSES,
+            lost=lost[:, :3],
+        )

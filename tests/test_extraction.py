@@ -135,3 +135,20 @@ def test_store_rejects_truncated_and_incomplete_files(tmp_path) -> None:
         handle.create_dataset("labels", data=np.zeros(3))
     with pytest.raises(ValueError, match="has no dataset 'logits'"):
         ActivationStore(incomplete)
+
+
+def test_a_module_called_twice_per_forward_is_refused(tmp_path) -> None:
+    """The recorder would keep only the last call of ResNet's `layer4.1.relu`: it refuses."""
+    import torchvision
+
+    from unitablation.extraction import LayerRecorder
+
+    model = torchvision.models.resnet18(num_classes=3).eval()
+    images = torch.randn(2, 3, 64, 64)
+    with pytest.raises(ValueError, match="layer layer4.1.relu is called more than once"):
+        run_extraction(model, ["layer4.1.relu"], images, torch.tensor([0, 2]), tmp_path / "r.h5")
+    assert not (tmp_path / "r.h5").exists()
+    with LayerRecorder(model, ["layer4.1"]) as recorder, torch.no_grad():
+        model(images)
+        model(images)  # a second forward is a new pass, not a second call
+    assert recorder.outputs["layer4.1"].shape == (2, 512, 2, 2)

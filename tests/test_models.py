@@ -11,8 +11,10 @@ from unitablation.models import (
     ModelSpec,
     build_model,
     check_layers,
+    enclosing_block,
     layer_names,
     load_model,
+    module_calls,
     read_checkpoint,
     save_checkpoint,
 )
@@ -102,6 +104,24 @@ def test_torchvision_layers_are_checked_without_allocating(arch: str, layer: str
     check_layers(spec, [layer], arch)
     with pytest.raises(ValueError, match="valid module paths"):
         check_layers(spec, ["features.99"], arch)
+
+
+def test_a_module_called_twice_is_refused_with_its_enclosing_block() -> None:
+    """ResNet-18 reuses each block's `relu` twice: no single output, the block is suggested."""
+    spec = ModelSpec("resnet18", num_classes=10)
+    message = r"model 'r' \(resnet18\): layer layer4.1.relu is called 2 times.*instead: layer4.1$"
+    with pytest.raises(ValueError, match=message):
+        check_layers(spec, ["layer4", "layer4.1.relu"], "r")
+    check_layers(spec, ["layer4", "layer4.1", "layer4.1.conv1", "layer3.0.bn2"], "r")
+    calls = module_calls(build_model_on_meta(spec), 64)
+    assert calls["layer4.1.relu"] == 2 and calls["layer4.1"] == 1 and calls["fc"] == 1
+    assert enclosing_block("layer4.1.relu", calls) == "layer4.1"
+    assert enclosing_block("a.b.c", {"a": 1, "a.b": 3}) == "a"
+
+
+def build_model_on_meta(spec: ModelSpec) -> torch.nn.Module:
+    with torch.device("meta"):
+        return build_model(spec)
 
 
 def test_unknown_arch_is_named() -> None:

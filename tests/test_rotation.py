@@ -59,7 +59,7 @@ def slow_rotated_logits(model, layer, images, direction, value=0.0) -> torch.Ten
 def layer_maps(model, layer, images) -> torch.Tensor:
     captured = {}
     handle = dict(model.named_modules())[layer].register_forward_hook(
-        lambda _m, _i, out: captured.setdefault("maps", out.clone())
+        lambda _m, _i, out: captured.__setitem__("maps", out.clone())
     )
     with torch.no_grad():
         model(images)
