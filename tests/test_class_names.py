@@ -381,3 +381,62 @@ def test_generator_cli_needs_a_source() -> None:
         [sys.executable, str(CLASSES_DIR / "make_class_lists.py")], capture_output=True, text=True
     )
     assert result.returncode != 0 and "--imagenet-synsets" in result.stderr
+
+
+# --- extraction with a class list ---------------------------------------------------------------
+
+
+def extraction_script() -> ModuleType:
+    """workflow/scripts/extract_activations.py as a module (its Snakemake adapter stays idle)."""
+    path = ROOT / "workflow" / "scripts" / "extract_activations.py"
+    spec = importlib.util.spec_from_file_location("extract_activations", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def extract(tmp_path: Path, folders: list[str], listed: str) -> Path:
+    """Extract the eval split of two class folders with a 2-class ResNet-18 and a class list."""
+    from PIL import Image
+
+    for folder in folders:
+        (tmp_path / "val" / folder).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (32, 32), (40, 90, 200)).save(tmp_path / "val" / folder / "0.png")
+    torch.save(torchvision.models.resnet18(num_classes=2).state_dict(), tmp_path / "w.pt")
+    (tmp_path / "list.txt").write_text(listed)
+    entry = {"arch": "resnet18", "preprocess": {"resize": 32, "crop": 32}}
+    store = tmp_path / "eval.h5"
+    extraction_script().main(
+        str(tmp_path / "val"),
+        str(tmp_path / "w.pt"),
+        str(store),
+        "eval",
+        "m",
+        entry,
+        ["layer4"],
+        {"batch_size": 2, "maps_dtype": "float32"},
+        "cpu",
+        1,
+        str(tmp_path / "list.txt"),
+    )
+    return store
+
+
+def test_list_names_the_classes_and_its_folders_the_eval_folders(tmp_path: Path) -> None:
+    store = extract(tmp_path, ["n01440764", "n01443537"], "n01440764\ttench\nn01443537\tgoldfish\n")
+    with ActivationStore(store) as opened:
+        assert opened.classes == ["tench", "goldfish"]
+
+
+@pytest.mark.parametrize(
+    "listed, fragment",
+    [
+        ("n1\ttench\nn2\tgoldfish\n", "expects ['n1', 'n2']"),
+        ("tench\ngoldfish\ncock\n", "names 3 classes but checkpoint"),
+    ],
+)
+def test_list_that_misfits_names_the_key(tmp_path: Path, listed: str, fragment: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(fragment)) as error:
+        extract(tmp_path, ["n01440764", "n01443537"], listed)
+    assert "models.m.classes" in str(error.value) and "list.txt" in str(error.value)

@@ -2,6 +2,7 @@
 
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,10 @@ def main(
         print(f"device: {lease.description}", file=sys.stderr)
         device = lease.device
         preprocess = default_preprocess(model_entry["arch"], model_entry.get("preprocess"))
-        listed = read_class_list(class_list) if class_list else None
+        listed = None
+        if class_list:  # messages name the config key as well as the file
+            listed = read_class_list(class_list)
+            listed = replace(listed, source=f"{class_list} (models.{model_name}.classes)")
         if split == "eval":
             dataset = ImageFolderSet(source, preprocess)
             paths = dataset.relative_paths()
