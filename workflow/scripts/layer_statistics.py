@@ -17,7 +17,7 @@ from unitablation.concentration import concentration_summary, concentration_tabl
 from unitablation.logs import logged_to  # noqa: E402
 from unitablation.statistics import class_prediction_table, correlation_table  # noqa: E402
 from unitablation.store import atomic_paths  # noqa: E402
-from unitablation.table_io import read_table  # noqa: E402
+from unitablation.table_io import read_class_matrix, read_table  # noqa: E402
 from unitablation.tables import KEYS  # noqa: E402
 
 #: M_u from the HDF5 counts and from units.csv (written with 6 significant digits) must agree
@@ -88,7 +88,7 @@ def main(
     """Spearman/Pearson with bootstrap CIs, class-prediction hit rates against chance, and the
     RQ1 concentration test of every unit."""
     units = read_units(units_path)
-    n_classes = len(pd.read_csv(class_drops, nrows=0).columns) - 1
+    n_classes = len(read_class_matrix(class_drops, nrows=0).columns) - 1
     identity = units[list(KEYS)].iloc[0]
     correlations = correlation_table(units, bootstrap=analysis["bootstrap"], seed=seed)
     prediction = class_prediction_table(
