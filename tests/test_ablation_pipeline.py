@@ -10,6 +10,7 @@ removes the rotated direction), counted per class by hand.
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -263,3 +264,54 @@ def test_a_module_called_twice_is_refused_before_any_job(tmp_path: Path) -> None
     ):
         assert fragment in output, f"{fragment!r} not in:\n{output[-3000:]}"
     assert not (tmp_path / "run" / "results").exists()
+
+
+def ablate_shard_script():
+    """workflow/scripts/ablate_shard.py as a module (its Snakemake adapter stays idle)."""
+    path = Path(__file__).resolve().parents[1] / "workflow" / "scripts" / "ablate_shard.py"
+    spec = importlib.util.spec_from_file_location("ablate_shard", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_baseline_that_disagrees_with_the_stored_logits_fails_the_shard(runs, tmp_path) -> None:
+    """Stored logits that the engine's own unablated pass cannot reproduce (here: three images
+    given another top class, far from any tie) stop a float32 shard, naming model, layer and
+    count; with float16 maps the same disagreement is recorded instead."""
+    root = runs["root"]
+    store = tmp_path / "store.h5"
+    shutil.copy(runs["float32"], store)
+    with h5py.File(store, "r+") as handle:
+        logits = handle["logits"][:]
+        other = (logits[:3].argmax(1) + 1) % 3
+        logits[:3] += 10.0 * np.eye(3, dtype=np.float32)[other]
+        handle["logits"][:] = logits
+    settings = {"mode": "zero", "method": "auto", "units_per_call": 3, "batch_size": 5}
+    arguments = {
+        "weights": str(root / "results/plain/model.pt"),
+        "images_dir": str(root / "results/world/val"),
+        "model_name": "plain",
+        "layer": LAYER,
+        "basis": "unit",
+        "units": [0, 1],
+        "model_entry": {**BASE["models.plain"], "image_size": 32},
+        "ablation": {**settings, "tie_margin": 1e-5},
+        "device_name": "cpu",
+        "threads": 1,
+    }
+    main = ablate_shard_script().main
+    shard = tmp_path / "0000.h5"
+    message = rf"model 'plain', layer {LAYER}: .*\(float32 maps\) predicts 3 eval image\(s\)"
+    with pytest.raises(ValueError, match=message):
+        main(str(store), shard_out=str(shard), **arguments)
+    assert not shard.exists()
+    with h5py.File(store, "r+") as handle:  # the same store with float16 maps
+        group = handle["layers"][LAYER]
+        maps = group["maps"][:]
+        del group["maps"]
+        group.create_dataset("maps", data=maps.astype(np.float16))
+    main(str(store), shard_out=str(shard), **arguments)
+    with h5py.File(shard) as handle:
+        assert handle.attrs["baseline_source"] == "float16 maps"
+        assert handle.attrs["baseline_mismatches"] >= 3
