@@ -13,6 +13,11 @@ Three ways to get the logits with unit u ablated, fastest first, all exact up to
   channel (slow, exact, needs the images rather than stored maps).
 
 The replacement is zero (SCIENCE.md) or, in `mean` mode, each unit's mean activation.
+
+Each chunk's unablated logits come from the same route as its ablated ones, so drops and gross
+losses (`lost`: correct -> wrong) never mix two computations; `compare_baseline` checks that
+baseline against the stored full-network logits. Replayed parts holding in-place ops run on a
+copy of their input, and a module called more than once per forward is refused.
 """
 
 from __future__ import annotations
