@@ -29,9 +29,11 @@ CPU = torch.device("cpu")
 def layer_output(model: nn.Module, layer: str, images: torch.Tensor) -> torch.Tensor:
     """The layer's output for `images`, captured by a hook during a plain forward."""
     captured = {}
-    handle = dict(model.named_modules())[layer].register_forward_hook(
-        lambda _m, _i, out: captured.setdefault("maps", out.clone())
-    )
+
+    def keep(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        captured["maps"] = output.clone()  # returns None: the forward goes on with `output`
+
+    handle = dict(model.named_modules())[layer].register_forward_hook(keep)
     with torch.no_grad():
         model(images)
     handle.remove()
