@@ -483,9 +483,14 @@ def test_pipeline_runs_and_reports_a_dead_unit_and_a_class_never_predicted(
     n_nan = int(units["class_correlation"].isna().sum())
     assert (rows["n_excluded"] == n_nan).all() and n_nan >= 1
     assert (rows["n_units"] == len(units) - n_nan).all()
-    prediction = pd.read_csv(workdir / folder / "class_prediction.csv").set_index("attribute")
+    both = pd.read_csv(workdir / folder / "class_prediction.csv")
+    prediction = both[both["unit_set"] == "all"].set_index("attribute")
     assert (prediction["n_dead"] == 1).all()
     assert prediction.loc["selective_class", "n_excluded"] >= 1
+    assert (both.loc[both["unit_set"] == "hurting", "n_dead"] == 0).all()  # M_u = 0: not hurting
+    concentration = pd.read_csv(workdir / folder / "concentration.csv").set_index("unit")
+    assert concentration.loc[DEAD_UNIT, "n_lost"] == 0
+    assert np.isnan(concentration.loc[DEAD_UNIT, "p_value"])
 
     variants = pd.read_csv(workdir / "results/comparison/variants.csv")
     assert variants["n_dead_units"].tolist() == [1]

@@ -191,13 +191,29 @@ def test_analysis_tables_join_and_summarise_the_per_unit_tables(tiny_run: Path) 
         ]
         assert (correlations["n_units"] + correlations["n_excluded"] == 8).all()
         prediction = pd.read_csv(folder / "class_prediction.csv")
-        assert prediction["attribute"].tolist() == list(CLASS_ATTRIBUTES)
+        assert prediction["attribute"].tolist() == [a for a in CLASS_ATTRIBUTES for _ in "12"]
+        assert prediction["unit_set"].tolist() == ["hurting", "all"] * len(CLASS_ATTRIBUTES)
         assert np.allclose(prediction["chance_top1"], 1 / config["world"]["n_classes"])
-        counted = units[units["selective_class"].notna() & ~units["dead"]]  # dead: no class
-        hits = (counted["selective_class"] == counted["most_hurt_class"]).mean()
-        assert prediction.set_index("attribute").loc["selective_class", "top1_hit_rate"] == (
-            pytest.approx(hits)
+        if basis != "unit":
+            assert not units["dead"].any()  # a rotated direction is never dead
+        counted = units[units["selective_class"].notna() & ~units["dead"] & ~units["constant"]]
+        for unit_set, members in (
+            ("hurting", counted[counted["max_class_drop"] > 0]),
+            ("all", counted),
+        ):
+            row = prediction.set_index(["attribute", "unit_set"]).loc[("selective_class", unit_set)]
+            assert row["n_units"] == len(members)
+            if len(members):
+                hits = (members["selective_class"] == members["most_hurt_class"]).mean()
+                assert row["top1_hit_rate"] == pytest.approx(hits)
+        concentration = pd.read_csv(folder / "concentration.csv")
+        assert concentration["unit"].tolist() == list(range(8))
+        np.testing.assert_allclose(
+            concentration["max_class_drop"], units["max_class_drop"], atol=1e-3
         )
+        losing = concentration["n_lost"] > 0
+        assert concentration.loc[losing, "p_value"].between(0, 1, inclusive="right").all()
+        assert concentration.loc[~losing, "p_value"].isna().all()
     variants = pd.read_csv(tiny_run / "results/comparison/variants.csv")
     rotation = pd.read_csv(tiny_run / "results/comparison/rotation.csv")
     assert len(variants) == len(VARIANTS) * len(config["layers"]) and set(variants["basis"]) == {
@@ -208,6 +224,9 @@ def test_analysis_tables_join_and_summarise_the_per_unit_tables(tiny_run: Path) 
     units = pd.read_csv(tiny_run / "results/plain/features.relu5/unit/units.csv")
     assert row["max_class_drop_mean"].item() == pytest.approx(units["max_class_drop"].mean())
     assert row["n_detectors"].item() == units["is_detector"].sum()
+    concentration = pd.read_csv(tiny_run / "results/plain/features.relu5/unit/concentration.csv")
+    assert row["n_units_losing"].item() == (concentration["n_lost"] > 0).sum()
+    assert row["n_concentrated"].item() == concentration["concentrated"].sum()
     assert units["is_detector"].tolist() == (units["iou"] >= 0.04).tolist()
     baseline = pd.read_csv(tiny_run / "results/plain/baseline.csv")
     assert row["baseline_accuracy"].item() == pytest.approx(baseline["accuracy"].iloc[-1], 1e-4)
