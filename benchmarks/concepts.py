@@ -3,12 +3,16 @@
 Writes the generated world's concept set (WorldSpec(concept_images=N), 64 x 64 images, 32 x 32
 segmentations) to a temporary directory, draws seeded random non-negative maps (ReLU of a
 spatially smoothed Gaussian) for U units at h x w, and times, end to end from the Broden directory
-(label decoding, thresholds and counting):
+(label decoding, thresholds and counting), both sides counting by the same rule, the default
+`concepts.counting: netdissect` (the original NetDissect's: every mask layer holding a label is
+one occurrence, A over the images where the label's primary category is present):
 
-- ours: unitablation.concepts.concept_iou;
-- loop: what NetDissect-Lite does, written here: thresholds by numpy.quantile per unit, then for
-  every image its labels, and for every unit with max > T_u its map upsampled on its own with
-  F.interpolate, thresholded, and counted against every label present.
+- ours: unitablation.concepts.concept_iou(counting="netdissect");
+- loop: NetDissect-Lite's tally loop written here, with the original NetDissect's A:
+  thresholds by numpy.quantile per unit, then for every image its stacked label layers (all
+  categories) and image-level labels, and for every unit with max > T_u its map upsampled on its
+  own with F.interpolate, thresholded, and the label occurrences under the mask counted with
+  one bincount.
 
 Both run over ALL units and images (no extrapolation); the IoUs must be identical. Throughput is
 (unit, image) pairs per second. Prints a table and writes the figures as JSON.
@@ -57,40 +61,48 @@ def random_maps(images: int, units: int, size: int, seed: int) -> np.ndarray:
 
 @dataclass
 class LoopLabels:
-    """The loop's labels: per image its size, present categories and (column, carries) pairs."""
+    """The loop's labels: per image its size, present categories, layers and image-level labels."""
 
     numbers: list[int]
-    category_columns: np.ndarray  # (L,) category index of each label column
-    images: list[tuple[tuple[int, int], list[int], list[tuple[int, np.ndarray]]]]
-    truth: np.ndarray  # (L,) G_c
+    category_columns: np.ndarray  # (L,) primary category index of each label column
+    images: list[tuple[tuple[int, int], list[int], np.ndarray, list[int]]]
+    truth: np.ndarray  # (L,) G_c, occurrences
 
 
 def loop_labels(broden: Broden) -> LoopLabels:
-    """Per image, what NetDissect-Lite reads: labels of each present category, pixel by pixel."""
+    """Per image, what NetDissect reads: every layer of every category, image-level labels apart.
+
+    Layers hold column + 1 (0: unlabelled or not a concept), so one bincount counts them.
+    """
     numbers = sorted(n for n, cat in broden.category_of_label.items() if cat in broden.categories)
-    column = {n: k for k, n in enumerate(numbers)}
+    lookup = np.zeros(max(broden.category_of_label, default=0) + 1, dtype=np.int64)
+    lookup[numbers] = np.arange(1, len(numbers) + 1)
     category_columns = np.array(
         [broden.categories.index(broden.category_of_label[n]) for n in numbers]
     )
-    truth = np.zeros(len(numbers), dtype=np.int64)
+    truth = np.zeros(len(numbers) + 1, dtype=np.int64)
     images = []
     for i, record in enumerate(broden.records):
-        present, carried = [], []
+        layers, scalars = [], []
         for category, stack in broden.load_labels(i).items():
             if category not in broden.categories:
                 continue
-            present.append(broden.categories.index(category))
-            for number in np.unique(stack):
-                if number and broden.category_of_label.get(int(number)) == category:
-                    carries = (stack == number).any(axis=0)
-                    carried.append((column[int(number)], carries))
-                    truth[column[int(number)]] += np.count_nonzero(carries)
-        images.append(((record.sh, record.sw), present, carried))
-    return LoopLabels(numbers, category_columns, images, truth)
+            if category in broden.image_level(i):
+                scalars += [int(lookup[n]) - 1 for n in stack[:, 0, 0] if lookup[n]]
+            else:
+                layers.append(lookup[stack])
+        pixels = np.concatenate(layers) if layers else np.zeros((0, record.sh, record.sw), int)
+        truth += np.bincount(pixels.ravel(), minlength=len(truth))
+        for column in scalars:
+            truth[column + 1] += record.sh * record.sw
+        present = set(np.unique(pixels[pixels > 0]) - 1) | set(scalars)
+        categories = sorted({int(category_columns[c]) for c in present})
+        images.append(((record.sh, record.sw), categories, pixels, scalars))
+    return LoopLabels(numbers, category_columns, images, truth[1:])
 
 
 def loop_iou(maps: np.ndarray, labels: LoopLabels, quantile: float, skip: bool) -> np.ndarray:
-    """Per-unit thresholds, then per image, per unit: upsample the map, threshold, count labels.
+    """Per-unit thresholds, then per image, per unit: upsample, threshold, count occurrences.
 
     With `skip`, maps whose max is <= T_u are not upsampled (NetDissect-Lite's shortcut).
     """
@@ -98,24 +110,28 @@ def loop_iou(maps: np.ndarray, labels: LoopLabels, quantile: float, skip: bool) 
     thresholds = np.array(
         [np.quantile(maps[:, u].astype(np.float64), 1 - quantile) for u in range(n_units)]
     )
-    both = np.zeros((n_units, len(labels.numbers)), dtype=np.int64)
+    size = len(labels.numbers) + 1
+    both = np.zeros((n_units, size), dtype=np.int64)
     units_cat = np.zeros((n_units, int(labels.category_columns.max()) + 1), dtype=np.int64)
     for i in range(n_images):
-        size, present, carried = labels.images[i]
+        shape, present, pixels, scalars = labels.images[i]
         for u in range(n_units):
             feature = maps[i, u]
             if skip and feature.max() <= thresholds[u]:
                 continue
             up = F.interpolate(
                 torch.from_numpy(feature)[None, None],
-                size=size,
+                size=shape,
                 mode="bilinear",
                 align_corners=False,
             )[0, 0].numpy()
             mask = up > thresholds[u]
-            units_cat[u, present] += np.count_nonzero(mask)
-            for col, carries in carried:
-                both[u, col] += np.count_nonzero(mask & carries)
+            area = np.count_nonzero(mask)
+            units_cat[u, present] += area
+            both[u] += np.bincount(pixels[:, mask].ravel(), minlength=size)
+            for column in scalars:
+                both[u, column + 1] += area
+    both = both[:, 1:]
     area = units_cat[:, labels.category_columns] + labels.truth[None, :]
     return both / (area - both + EPSILON)
 
@@ -166,7 +182,8 @@ def main() -> None:
         f"# world concept set: {args.images} images {spec.image_size}x{spec.image_size}, "
         f"seg {spec.seg_size}x{spec.seg_size}; {args.units} units of random non-negative "
         f"{args.map_size}x{args.map_size} maps; quantile {args.quantile}; unit block "
-        f"{args.unit_block}, image batch {args.image_batch}; all units and images, no "
+        f"{args.unit_block}, image batch {args.image_batch}; both sides count by "
+        f"concepts.counting 'netdissect'; all units and images, no "
         f"extrapolation; 'labels s' decodes the label PNGs (once, shared by all layers), "
         f"'count s' is thresholds + upsampling + counting"
     )
@@ -191,6 +208,7 @@ def main() -> None:
                     quantile=args.quantile,
                     unit_block=args.unit_block,
                     image_batch=args.image_batch,
+                    counting="netdissect",
                 )
             )
             ours_runs.append(seconds)
@@ -201,9 +219,9 @@ def main() -> None:
     pairs = args.units * args.images
     rows = []
     for method, iou, decode_s, count_s in (
-        ("ours", result.iou, labels_s, ours_s),
-        ("loop", plain, loop_labels_s, plain_s),
-        ("loop, max<=T skip", skipping, loop_labels_s, skip_s),
+        ("ours (netdissect)", result.iou, labels_s, ours_s),
+        ("loop (netdissect)", plain, loop_labels_s, plain_s),
+        ("loop (netdissect), max<=T skip", skipping, loop_labels_s, skip_s),
     ):
         rows.append(
             {

@@ -199,13 +199,13 @@ def _occurrences(broden: Broden, i: int, index: _LabelIndex) -> dict[int, np.nda
                 f"{broden.root}: image {record.image}: {category} labels have size "
                 f"{stack.shape[1:]}, index.csv says {size}"
             )
-        for layer in stack.reshape(stack.shape[0], -1):
-            values = np.unique(layer)
-            values = values[(values > 0) & (values < len(index.column_of))]
-            for number in values[index.column_of[values] >= 0]:
-                column = int(index.column_of[number])
-                hit = (layer == number).astype(np.uint16)
-                counts[column] = counts[column] + hit if column in counts else hit
+        flat = stack.reshape(stack.shape[0], -1)
+        values = np.unique(flat)
+        values = values[(values > 0) & (values < len(index.column_of))]
+        for number in values[index.column_of[values] >= 0]:
+            column = int(index.column_of[number])
+            hit = (flat == number).sum(axis=0, dtype=np.uint16)  # layers holding it, per pixel
+            counts[column] = counts[column] + hit if column in counts else hit
     return counts
 
 
