@@ -23,6 +23,8 @@ ALPHA = 0.05
 #: Drops (points) closer than this are equal: the null statistic and M_u are both computed in
 #: points from integer counts, so only float rounding separates equal values.
 TOLERANCE = 1e-9
+#: Below this many correctly classified eval images the null samples losses image by image.
+COUNT_METHOD_LIMIT = 10**7
 
 CONCENTRATION_COLUMNS: tuple[str, ...] = (
     "unit",
@@ -49,7 +51,10 @@ def null_max_class_drops(
 ) -> np.ndarray:
     """(draws,) largest class drop in points when n_lost losses fall on random correct images."""
     present = class_sizes > 0
-    losses = rng.multivariate_hypergeometric(baseline_correct, n_lost, size=draws)
+    # "count" samples image by image: far faster than "marginals" (a pass over every class
+    # per draw) when classes are many; its scratch memory grows with the image count.
+    method = "count" if baseline_correct.sum() < COUNT_METHOD_LIMIT else "marginals"
+    losses = rng.multivariate_hypergeometric(baseline_correct, n_lost, size=draws, method=method)
     return (100.0 * losses[:, present] / class_sizes[present]).max(axis=1)
 
 
