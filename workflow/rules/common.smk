@@ -300,6 +300,7 @@ LAYER_TABLES = (
     "units.csv",
     "correlations.csv",
     "class_prediction.csv",
+    "concentration.csv",
 )
 
 
@@ -333,6 +334,11 @@ def comparison_predictions(wildcards):
     return layer_tables("class_prediction.csv")
 
 
+def comparison_concentration(wildcards):
+    """concentration.csv of every (model, layer, basis)."""
+    return layer_tables("concentration.csv")
+
+
 def baselines(wildcards):
     """baseline.csv of every model, config order."""
     return [f"results/{name}/baseline.csv" for name in model_names()]
@@ -350,7 +356,6 @@ def all_cumulative_tables(wildcards):
 def figure_outputs():
     """Every figure, PNG and PDF."""
     stems = ["results/figures/comparison/variants"]
-    "concentration.csv",
     for name in model_names():
         for kind in ("correlations", "class_prediction", "rotation", "cumulative"):
             stems.append(f"results/figures/{name}/{kind}")
@@ -383,11 +388,6 @@ def all_outputs():
 
 
 # Figure inputs.
-
-def comparison_concentration(wildcards):
-    """concentration.csv of every (model, layer, basis)."""
-    return layer_tables("concentration.csv")
-
 
 
 def figure_dpi(wildcards):
