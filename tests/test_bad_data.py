@@ -3,15 +3,18 @@
 A module fixture copies the tiny run's world into a user-data layout (`data/train`, `data/val`,
 `data/broden`, as a researcher's own folders would be) and builds the stores every case starts
 from. Each case copies that directory, damages one file, and asks Snakemake for the one output
-that reads it, with `--keep-incomplete` so that whatever the job wrote stays where it is: the job
-must fail, its log or Snakemake's output must name the damaged file, and none of the job's outputs
-(nor any `.partial` temporary) may exist afterwards.
+that reads it, with `--keep-incomplete` so that whatever the job wrote stays where it is: that job
+(and no other) must fail, its own log must hold the library's message naming the damaged file
+(the fixture's logs are removed first, and Snakemake's output, which lists every input file, does
+not count), and none of the job's outputs (nor any `.partial` temporary) may exist afterwards.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -196,49 +199,144 @@ def misfit_resnet(workdir: Path) -> Path:
     return path
 
 
-#: (case id, damage -> the file to be named, outputs asked for, outputs removed first)
-CASES: list[tuple[str, Callable[[Path], Path], tuple[str, ...], tuple[str, ...]]] = [
-    ("corrupt eval image", corrupt_eval_image, (EVAL_STORE,), (EVAL_STORE,)),
-    ("truncated concept image", truncated_concept_image, (CONCEPT_STORE,), (CONCEPT_STORE,)),
-    ("truncated mask png", truncated_mask, CONCEPT_OUTPUTS, ()),
-    ("mask ids not in label.csv", mask_with_unknown_ids, CONCEPT_OUTPUTS, ()),
-    ("index.csv without sh column", index_without_column, (CONCEPT_STORE,), (CONCEPT_STORE,)),
-    ("class with no eval images", empty_eval_class, (EVAL_STORE,), (EVAL_STORE,)),
-    ("truncated activation store", truncated_store, (SHARD,), ()),
-    ("store without a dataset", store_without_means, ATTRIBUTE_OUTPUTS, ()),
-    ("tinyalex checkpoint of other widths", misfit_tinyalex, (EVAL_STORE,), (EVAL_STORE,)),
-    (
+@dataclass(frozen=True)
+class Case:
+    """A damaged file, the output that reads it, and the failing job's log and message."""
+
+    name: str
+    damage: Callable[[Path], Path]  # damages a file in the working directory, returns its path
+    targets: tuple[str, ...]  # outputs asked for
+    removed: tuple[str, ...]  # outputs removed first, so that the reading job runs
+    rule: str  # the job that must fail
+    log: str  # its log
+    message: str  # what its log must say, {file} standing for the damaged file
+
+
+EVAL_LOG = f"results/logs/extract_activations/{MODEL}_eval_{LAYER}.log"
+CONCEPT_LOG = f"results/logs/extract_activations/{MODEL}_concept_{LAYER}.log"
+CONCEPT_IOU_LOG = f"results/logs/concept_iou/{MODEL}/{LAYER}/unit.log"
+EXTRACT = "extract_activations"
+
+#: The messages are those of the README's Reliability table (its `...` left out).
+CASES = [
+    Case(
+        "corrupt eval image",
+        corrupt_eval_image,
+        (EVAL_STORE,),
+        (EVAL_STORE,),
+        EXTRACT,
+        EVAL_LOG,
+        "cannot read image {file}: cannot identify image file '{file}'",
+    ),
+    Case(
+        "truncated concept image",
+        truncated_concept_image,
+        (CONCEPT_STORE,),
+        (CONCEPT_STORE,),
+        EXTRACT,
+        CONCEPT_LOG,
+        "cannot read image {file}: image file is truncated",
+    ),
+    Case(
+        "truncated mask png",
+        truncated_mask,
+        CONCEPT_OUTPUTS,
+        (),
+        "concept_iou",
+        CONCEPT_IOU_LOG,
+        "{file}: cannot read mask PNG: image file is truncated",
+    ),
+    Case(
+        "mask ids not in label.csv",
+        mask_with_unknown_ids,
+        CONCEPT_OUTPUTS,
+        (),
+        "concept_iou",
+        CONCEPT_IOU_LOG,
+        "{file}: color ids [4321] are not in label.csv",
+    ),
+    Case(
+        "index.csv without sh column",
+        index_without_column,
+        (CONCEPT_STORE,),
+        (CONCEPT_STORE,),
+        EXTRACT,
+        CONCEPT_LOG,
+        "{file}: missing required column(s) sh",
+    ),
+    Case(
+        "class with no eval images",
+        empty_eval_class,
+        (EVAL_STORE,),
+        (EVAL_STORE,),
+        EXTRACT,
+        EVAL_LOG,
+        "class folder {file} holds no images",
+    ),
+    Case(
+        "truncated activation store",
+        truncated_store,
+        (SHARD,),
+        (),
+        "ablate_shard",
+        f"results/logs/ablate_shard/{MODEL}/{LAYER}/unit/0000.log",
+        "cannot open activation store {file}: Unable to synchronously open file (truncated file:",
+    ),
+    Case(
+        "store without a dataset",
+        store_without_means,
+        ATTRIBUTE_OUTPUTS,
+        (),
+        "unit_attributes",
+        f"results/logs/unit_attributes/{MODEL}/{LAYER}/unit.log",
+        f"{{file}}: group '/layers/{LAYER}' has no dataset(s) ['mean']",
+    ),
+    Case(
+        "tinyalex checkpoint of other widths",
+        misfit_tinyalex,
+        (EVAL_STORE,),
+        (EVAL_STORE,),
+        EXTRACT,
+        EVAL_LOG,
+        "checkpoint {file} does not fit tinyalex: "
+        "Error(s) in loading state_dict for TinyAlex: size mismatch",
+    ),
+    Case(
         "resnet18 weights of wrong shapes",
         misfit_resnet,
         (f"results/{RESNET}/activations/eval/layer4.h5",),
         (),
+        EXTRACT,
+        f"results/logs/extract_activations/{RESNET}_eval_layer4.log",
+        "checkpoint {file} does not fit resnet18: "
+        "Error(s) in loading state_dict for ResNet: size mismatch",
     ),
 ]
 
 
-@pytest.mark.parametrize(
-    ("damage", "targets", "removed"),
-    [case[1:] for case in CASES],
-    ids=[case[0] for case in CASES],
-)
-def test_bad_file_fails_its_job_naming_the_file(
-    prepared: Path,
-    tmp_path: Path,
-    damage: Callable[[Path], Path],
-    targets: tuple[str, ...],
-    removed: tuple[str, ...],
-) -> None:
+def words(text: str) -> str:
+    """Text with every run of whitespace as one space (messages may wrap onto tab-led lines)."""
+    return " ".join(text.split())
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_bad_file_fails_its_job_naming_the_file(prepared: Path, tmp_path: Path, case: Case) -> None:
+    """The reading job fails, and its own log (no other) carries the library's message."""
     workdir = tmp_path / "run"
     shutil.copytree(prepared, workdir, symlinks=True)
-    for name in removed:
+    shutil.rmtree(workdir / "results" / "logs")  # the fixture's logs must not count
+    for name in case.removed:
         (workdir / name).unlink()
-    bad_file = damage(workdir).relative_to(workdir).as_posix()
+    bad_file = case.damage(workdir).relative_to(workdir).as_posix()
     config = workdir / "config.yaml"
-    result = snakemake(workdir, "--cores", "1", "--keep-incomplete", *targets, config=config)
+    result = snakemake(workdir, "--cores", "1", "--keep-incomplete", *case.targets, config=config)
     assert result.returncode != 0, result.stderr[-3000:]
-    logs = "".join(path.read_text() for path in (workdir / "results" / "logs").rglob("*.log"))
-    assert bad_file in logs + result.stderr, f"{bad_file} not named:\n{logs[-3000:]}"
-    for name in targets:
+    failed = re.findall(r"^Error in rule (\w+):\n(?:    .*\n)*?    log: (\S+)", result.stderr, re.M)
+    assert failed == [(case.rule, case.log)], result.stderr[-3000:]
+    log = (workdir / case.log).read_text()
+    message = case.message.format(file=bad_file)
+    assert words(message) in words(log), f"{case.log} lacks {message!r}:\n{log[-3000:]}"
+    for name in case.targets:
         assert not (workdir / name).exists(), f"{name} left behind after the failure"
     leftovers = sorted(p.name for p in (workdir / "results").rglob("*.partial"))
     assert not leftovers, leftovers
@@ -246,7 +344,8 @@ def test_bad_file_fails_its_job_naming_the_file(
 
 def test_cases_damage_what_they_say(prepared: Path, tmp_path: Path) -> None:
     """Each damage function changes the file it names (so a passing case is not vacuous)."""
-    for name, damage, _, _ in CASES:
+    for case in CASES:
+        name, damage = case.name, case.damage
         workdir = tmp_path / name.replace(" ", "_")
         shutil.copytree(prepared / "data", workdir / "data")
         shutil.copytree(prepared / "results", workdir / "results")
