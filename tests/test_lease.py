@@ -17,7 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from unitablation.lease import LOCK_DIR_ENV, VISIBLE_ENV, gpu_lease
+from unitablation.lease import (
+    LOCK_DIR_ENV,
+    SIMULATED_GATE_ENV,
+    SIMULATED_GPUS_ENV,
+    VISIBLE_ENV,
+    gpu_lease,
+)
 
 # Takes a lease with a faked GPU count, reports it on stdout, holds it until a line on stdin.
 # Each poll of a taken slot prints POLL, so a test can wait for polls instead of sleeping.
@@ -223,6 +229,7 @@ class FakeClock:
     def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
         self.now += seconds
+        assert len(self.sleeps) < 1000, "the lease polls on and on without timing out"
 
 
 def test_nested_lease_in_one_process_times_out(tmp_path: Path) -> None:
@@ -373,3 +380,35 @@ def test_disjoint_visible_devices_do_not_block(
     assert (lock_two, lock_three) == (str(tmp_path / "gpu-2.lock"), str(tmp_path / "gpu-3.lock"))
     on_two.stop()
     on_three.stop()
+
+
+def test_simulated_gate_holds_the_slot_until_go(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    monkeypatch.setenv(SIMULATED_GPUS_ENV, "1")
+    monkeypatch.setenv(SIMULATED_GATE_ENV, str(gate))
+    (gate / f"{os.getpid()}.go").touch()  # a stale go file from an earlier process is removed
+    polls: list[float] = []
+    announced = gate / f"{os.getpid()}.held"
+
+    def sleep(seconds: float) -> None:
+        """At the gate: the slot is announced and still held; the second poll lets it go."""
+        polls.append(seconds)
+        assert announced.read_text() == "0\n"
+        with (
+            pytest.raises(TimeoutError),
+            gpu_lease("cuda", tmp_path, device_count=fake(1), timeout_seconds=0),
+        ):
+            pass
+        if len(polls) == 2:
+            (gate / f"{os.getpid()}.go").touch()
+
+    with gpu_lease("cuda", tmp_path, sleep=sleep) as lease:
+        assert (lease.device, lease.slot) == (torch.device("cpu"), 0)
+        assert "simulated by UNITABLATION_SIMULATED_GPUS=1" in lease.description
+    assert len(polls) == 2
+    monkeypatch.delenv(SIMULATED_GPUS_ENV)
+    with gpu_lease("cuda", tmp_path, device_count=fake(1), timeout_seconds=0) as again:
+        assert again.slot == 0  # released after the gate opened

@@ -33,9 +33,12 @@ LOCK_DIR_ENV = "UNITABLATION_LOCK_DIR"
 #: Pretend this many GPUs are visible and run on the CPU: exercises leases and scheduling on a
 #: machine without GPUs (tests, dry rehearsals). Never set it for real work.
 SIMULATED_GPUS_ENV = "UNITABLATION_SIMULATED_GPUS"
-#: With simulated GPUs, hold each lease at least this long (seconds), so that a test can see two
-#: concurrent jobs holding distinct slots even when the jobs themselves take milliseconds.
-SIMULATED_HOLD_ENV = "UNITABLATION_SIMULATED_HOLD_SECONDS"
+#: With simulated GPUs, a directory through which a test decides how long each lease is held:
+#: the holder announces `<pid>.held` (its slot) there and keeps the lease until `<pid>.go` or
+#: `open` appears, so a test can make two jobs hold slots at once without timing them.
+SIMULATED_GATE_ENV = "UNITABLATION_SIMULATED_GATE_DIR"
+#: How often a gated simulated lease looks for its go file (seconds).
+GATE_POLL_SECONDS = 0.05
 VISIBLE_ENV = "CUDA_VISIBLE_DEVICES"
 DEVICE_FORMS = "'auto', 'cpu', 'cuda' or 'cuda:N'"
 _CUDA_INDEX = re.compile(r"cuda:(\d+)")
@@ -187,6 +190,18 @@ def _write_holder(fd: int) -> None:
     os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
 
 
+def _wait_at_gate(gate: Path, slot: int, sleep: Callable[[float], None]) -> None:
+    """Announce a held simulated lease in `gate` and keep it until the test lets it go."""
+    pid = os.getpid()
+    go, is_open = gate / f"{pid}.go", gate / "open"
+    go.unlink(missing_ok=True)  # left by an earlier process with the same pid
+    partial = gate / f".{pid}.held.partial"
+    partial.write_text(f"{slot}\n")
+    partial.replace(gate / f"{pid}.held")  # whole, so a reader never sees it empty
+    while not (go.exists() or is_open.exists()):
+        sleep(GATE_POLL_SECONDS)
+
+
 def _release(fd: int, writable: bool) -> None:
     """Clear the holder note while still holding, then unlock and close."""
     try:
@@ -273,12 +288,11 @@ def gpu_lease(
         if simulated:
             device = torch.device("cpu")
             description += f", simulated by {SIMULATED_GPUS_ENV}={simulated}: running on cpu"
-        held_from = time.time()
-        _log_to_stderr(f"GPU lease: slot {slot.index} held from {held_from:.3f}")
+        _log_to_stderr(f"GPU lease: slot {slot.index} held from {time.time():.3f}")
+        gate = os.environ.get(SIMULATED_GATE_ENV) if simulated else None
+        if gate:
+            _wait_at_gate(Path(gate), slot.index, sleep)
         yield Lease(device, slot.index, slot.lock_path, description)
-        if simulated:
-            hold = float(os.environ.get(SIMULATED_HOLD_ENV, "0"))
-            time.sleep(max(0.0, held_from + hold - time.time()))
     finally:
         _log_to_stderr(f"GPU lease: slot {slot.index} released at {time.time():.3f}")
         _release(fd, writable)
