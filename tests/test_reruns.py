@@ -132,13 +132,33 @@ def test_added_layer_runs_only_that_layer_and_the_summaries(tiny_run: Path, tmp_
     assert changed == select_paths(full, "figure_cumulative")
 
 
-def test_concept_quantile_reruns_iou_and_what_reads_it(tiny_run: Path, tmp_path: Path) -> None:
-    jobs, changed = plan(tiny_run, tmp_path, {"concepts.quantile": 0.01})
+@pytest.mark.parametrize(
+    "changes", [{"concepts.quantile": 0.01}, {"concepts.counting": "lite"}, {"concepts.top_k": 3}]
+)
+def test_concept_iou_keys_rerun_iou_and_what_reads_it(
+    tiny_run: Path, tmp_path: Path, changes: dict[str, Any]
+) -> None:
+    jobs, changed = plan(tiny_run, tmp_path, changes)
     full = all_jobs(tiny_config())
     expected = select(full, "concept_iou", "unit_table", "layer_statistics", "compare", "summary")
     expected |= select(full, *FIGURES_OF_UNITS, "all")
     assert jobs == expected
     assert changed == select_paths(full, "concept_iou")
+
+
+def test_detector_threshold_reruns_the_tables_not_the_iou(tiny_run: Path, tmp_path: Path) -> None:
+    jobs, changed = plan(tiny_run, tmp_path, {"concepts.iou_threshold": 0.1})
+    full = all_jobs(tiny_config())
+    expected = select(full, "unit_table", "layer_statistics", "compare", "summary")
+    expected |= select(full, *FIGURES_OF_UNITS, "all")
+    assert jobs == expected and not select(jobs, "concept_iou")
+    assert changed == select_paths(full, "unit_table")  # its params carry the threshold
+
+
+def test_concept_memory_keys_rerun_nothing(tiny_run: Path, tmp_path: Path) -> None:
+    """unit_block and image_batch reach concept_iou as resources, which trigger no rerun."""
+    jobs, changed = plan(tiny_run, tmp_path, {"concepts.unit_block": 3, "concepts.image_batch": 2})
+    assert jobs == set() and changed == set()
 
 
 def test_figure_setting_reruns_only_that_figure(tiny_run: Path, tmp_path: Path) -> None:
