@@ -18,6 +18,7 @@ from unitablation.concepts import (
     concept_labels,
     store_reader,
     unit_thresholds,
+    with_detectors,
 )
 from unitablation.store import ActivationStore
 
@@ -292,6 +293,25 @@ def test_shared_labels_blocks_progress_and_top_images(tmp_path: Path) -> None:
     for category in ("color", "object", "part", "scene", "texture"):
         assert f"iou_{category}" in table and f"concept_{category}" in table
     assert table["is_detector"].all()
+
+
+def test_detector_flag_is_decided_apart_from_the_iou(tmp_path: Path) -> None:
+    box = layer({(0, 0): 3, (0, 1): 3})
+    broden = write_set(tmp_path / "b", [({"object": [box]}, {})])
+    maps = np.zeros((1, 3, 4, 4), dtype=np.float32)
+    maps[0, 0] = box == 3  # IoU 1 with box
+    maps[0, 1, 0, 0] = 1.0  # I 1, A 1, G 2: IoU 1 / 2
+    table = concept_iou(reader(maps), 3, broden, quantile=0.5).table(iou_threshold=None)
+    assert "is_detector" not in table  # concepts.csv: the threshold is not an IoU input
+    half = float(table["iou"][1])
+    assert half == pytest.approx(0.5)
+    flagged = with_detectors(table, half)
+    assert flagged["is_detector"].tolist() == [True, True, False]  # >=: equal IoU is a detector
+    assert list(flagged.columns[flagged.columns.get_loc("is_detector") :][:2]) == [
+        "is_detector",
+        "threshold",
+    ]
+    assert with_detectors(flagged, 0.6)["is_detector"].tolist() == [True, False, False]
 
 
 def write_store(path: Path, maps: np.ndarray, paths: Sequence[str]) -> None:
