@@ -65,7 +65,6 @@ def snakemake(workdir: Path, *args: str, config: Path) -> tuple[int, str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "PYTHONHASHSEED": "0"},
         timeout=1500,
     )
     return result.returncode, result.stdout

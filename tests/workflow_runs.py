@@ -48,9 +48,13 @@ def snakemake(
     env: Mapping[str, str] | None = None,
     timeout: float = 900,
 ) -> subprocess.CompletedProcess:
-    """Run Snakemake on the project's Snakefile in `workdir` with `config` (and extra `env`)."""
+    """Run Snakemake on the project's Snakefile in `workdir` with `config` (and extra `env`).
+
+    The environment is the caller's as it is: hash randomisation stays on (PYTHONHASHSEED is not
+    pinned), as it is for users, so no test can depend on one set or dict order.
+    """
     command = snakemake_command(workdir, *args, config=config, snakefile=snakefile)
-    environment = {**os.environ, "PYTHONHASHSEED": "0", **(env or {})}
+    environment = {**os.environ, **(env or {})}
     return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=timeout)
 
 
