@@ -46,7 +46,7 @@ def snakemake(
     config: Path | Sequence[Path] = TINY,
     snakefile: Path = ROOT / "Snakefile",
     env: Mapping[str, str] | None = None,
-    timeout: float = 900,
+    timeout: float = 3600,  # a guard against hangs only: a loaded 2-core machine is slow
 ) -> subprocess.CompletedProcess:
     """Run Snakemake on the project's Snakefile in `workdir` with `config` (and extra `env`).
 
