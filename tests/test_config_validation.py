@@ -33,6 +33,7 @@ CASES: list[tuple[str, dict[str, Any], list[str]]] = [
     ("maps dtype", {"activations.maps_dtype": "int8"}, ["maps_dtype", "is not one of"]),
     ("quantile above one", {"concepts.quantile": 1.5}, ["quantile", "Maximum"]),
     ("quantile zero", {"concepts.quantile": 0}, ["quantile", "Minimum"]),
+    ("concept counting rule", {"concepts.counting": "pixels"}, ["counting", "is not one of"]),
     ("duplicate layers", {"layers": ["features.relu5", "features.relu5"]}, ["layers", "unique"]),
     ("duplicate rotation seeds", {"rotation.seeds": [1, 1]}, ["seeds", "unique"]),
     ("zero bootstrap", {"analysis.bootstrap": 0}, ["bootstrap", "minimum"]),
