@@ -18,9 +18,9 @@ from unitablation.concepts import (
     concept_labels,
     store_reader,
     unit_thresholds,
-    with_detectors,
 )
 from unitablation.store import ActivationStore
+from unitablation.tables import with_detectors
 
 LABELS = [
     LabelDef(1, "red", "color"),

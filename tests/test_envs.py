@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import sys
 import tomllib
@@ -72,26 +73,35 @@ def rule_blocks() -> dict[str, str]:
 
 
 def third_party_imports(path: Path, seen: set[Path] | None = None) -> set[str]:
-    """Top-level third-party modules a script imports, following the library's own modules."""
+    """Top-level third-party modules a script imports, following the library's own modules.
+
+    Parsed with `ast`, so a docstring or comment line that starts with "from" is not an import.
+    """
     seen = set() if seen is None else seen
     if path in seen:
         return set()
     seen.add(path)
     found = set()
-    for line in path.read_text().splitlines():
-        match = re.match(r"\s*(?:from|import) ([A-Za-z_][\w.]*)", line)
-        if not match or line.strip().startswith("from ."):
-            if line.strip().startswith("from ."):
-                module = line.split()[1].lstrip(".").split(".")[0]
-                found |= third_party_imports(LIBRARY / f"{module}.py", seen)
-            continue
-        name = match.group(1).split(".")[0]
-        if name == "unitablation":
-            module = match.group(1).split(".")[1] if "." in match.group(1) else ""
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.ImportFrom) and node.level > 0:  # from .module import ...
+            module = (node.module or "").split(".")[0]
             if module:
                 found |= third_party_imports(LIBRARY / f"{module}.py", seen)
-        elif name not in sys.stdlib_module_names and name != "__future__":
-            found.add(name)
+            continue
+        if isinstance(node, ast.ImportFrom):
+            names = [node.module or ""]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        else:
+            continue
+        for dotted in names:
+            name, _, rest = dotted.partition(".")
+            if name == "unitablation":
+                module = rest.split(".")[0]
+                if module:
+                    found |= third_party_imports(LIBRARY / f"{module}.py", seen)
+            elif name not in sys.stdlib_module_names and name != "__future__":
+                found.add(name)
     return found
 
 

@@ -6,11 +6,10 @@ from pathlib import Path
 if "snakemake" in globals():  # make the library importable inside any rule environment
     sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 
-from unitablation.concepts import with_detectors  # noqa: E402
 from unitablation.logs import logged_to  # noqa: E402
 from unitablation.store import atomic_path, open_hdf5, require_datasets  # noqa: E402
 from unitablation.table_io import read_class_matrix, read_table  # noqa: E402
-from unitablation.tables import unit_table  # noqa: E402
+from unitablation.tables import unit_table, with_detectors  # noqa: E402
 
 
 def main(

@@ -99,8 +99,8 @@ class ConceptResult:
     def table(self, iou_threshold: float | None = 0.04) -> pd.DataFrame:
         """One row per unit: best concept, detector flag, threshold, best IoU per category.
 
-        With iou_threshold None the table has no `is_detector` column (`with_detectors` adds it
-        later, so that the threshold is not an input of the IoU computation).
+        With iou_threshold None the table has no `is_detector` column (`tables.with_detectors`
+        adds it later, so that the threshold is not an input of the IoU computation).
         """
         units = self.iou.shape[0]
         if not self.iou.shape[1]:
@@ -127,16 +127,6 @@ class ConceptResult:
             data[f"iou_{category}"] = local_iou
             data[f"concept_{category}"] = names[np.where(local_iou > 0, local, -1)]
         return pd.DataFrame(data)
-
-
-def with_detectors(table: pd.DataFrame, iou_threshold: float) -> pd.DataFrame:
-    """A concepts table with `is_detector` (best IoU >= iou_threshold) before `threshold`."""
-    if "iou" not in table:
-        raise ValueError("the concepts table has no iou column")
-    result = table.drop(columns="is_detector", errors="ignore")
-    where = result.columns.get_loc("threshold") if "threshold" in result else len(result.columns)
-    result.insert(where, "is_detector", result["iou"].to_numpy(np.float64) >= iou_threshold)
-    return result
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,16 @@ KEYS = ("model", "layer", "basis")
 HURT_POINTS = 10.0
 
 
+def with_detectors(table: pd.DataFrame, iou_threshold: float) -> pd.DataFrame:
+    """A concepts table with `is_detector` (best IoU >= iou_threshold) before `threshold`."""
+    if "iou" not in table:
+        raise ValueError("the concepts table has no iou column")
+    result = table.drop(columns="is_detector", errors="ignore")
+    where = result.columns.get_loc("threshold") if "threshold" in result else len(result.columns)
+    result.insert(where, "is_detector", result["iou"].to_numpy(np.float64) >= iou_threshold)
+    return result
+
+
 def unit_table(
     drops: pd.DataFrame,
     class_drops: pd.DataFrame,
