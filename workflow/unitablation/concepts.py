@@ -513,9 +513,12 @@ class StoreMaps:
         if self.rotation is None:
             block = np.asarray(self.maps[start:stop, units], dtype=np.float32)
         else:
-            directions = torch.from_numpy(np.asarray(self.rotation[units], dtype=np.float32))
-            maps = torch.from_numpy(np.asarray(self.maps[start:stop], np.float32))
-            block = rotate(maps, directions).numpy()
+            # Accumulated in float64 and rounded once: a float32 product's rounding depends on
+            # the kernel BLAS picks for the block's shape (units, images, threads), and unit_block
+            # and image_batch must not change the thresholds.
+            directions = torch.from_numpy(np.asarray(self.rotation[units], dtype=np.float64))
+            maps = torch.from_numpy(np.asarray(self.maps[start:stop], np.float64))
+            block = rotate(maps, directions).to(torch.float32).numpy()
         self._last = (key, start, block)
         return block
 
