@@ -45,7 +45,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from reporting import hardware, peak_rss_mb, print_table, run_json_child, timed  # noqa: E402
+from reporting import hardware, peak_rss_mb, print_table, run_json_child, timed, write_report  # noqa: E402
 
 from unitablation.ablation import AblationEngine  # noqa: E402
 from unitablation.extraction import LayerRecorder, extract_activations  # noqa: E402
@@ -546,9 +546,7 @@ def main() -> None:
         "targets": targets,
         "total_s": total,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    write_report(args.json, report)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ Both run over ALL units and images (no extrapolation); the IoUs must be identica
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -39,7 +38,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from reporting import hardware, print_table, timed  # noqa: E402
+from reporting import hardware, print_table, timed, write_report  # noqa: E402
 
 from unitablation.broden import Broden, read_broden  # noqa: E402
 from unitablation.concepts import EPSILON, concept_iou, concept_labels  # noqa: E402
@@ -271,9 +270,7 @@ def main() -> None:
         },
         "total_s": total,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    write_report(args.json, report)
     if not identical:
         raise SystemExit("IoUs differ between the implementation and the loops")
 

@@ -18,7 +18,6 @@ figures as JSON. The unit tests check the vectorised path against a loop; only t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -33,7 +32,7 @@ from scipy import stats
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from reporting import hardware, print_table, timed  # noqa: E402
+from reporting import hardware, print_table, timed, write_report  # noqa: E402
 
 from unitablation.statistics import (  # noqa: E402
     NUMERIC_ATTRIBUTES,
@@ -145,9 +144,7 @@ def main() -> None:
         "rows": rows,
         "total_s": total,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    write_report(args.json, report)
     if not agree:
         raise SystemExit("bootstrap CIs differ between the implementation and the loop")
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from reporting import print_table  # noqa: E402
+from reporting import print_table, write_report  # noqa: E402
 
 from unitablation.broden import Broden, read_broden  # noqa: E402
 from unitablation.concepts import (  # noqa: E402
@@ -140,7 +139,6 @@ def main() -> None:
         "max |IoU diff| over all layers: " + ", ".join(f"{k} {v:.4g}" for k, v in overall.items())
     )
     out = args.json or args.results / "benchmarks" / "counting_modes.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "settings": {
             "results": str(args.results),
@@ -151,8 +149,7 @@ def main() -> None:
         "rows": rows,
         "max_abs_iou_diff": overall,
     }
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_report(out, report)
 
 
 if __name__ == "__main__":

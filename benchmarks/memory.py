@@ -40,6 +40,7 @@ from reporting import (  # noqa: E402
     print_table,
     proc_status_mb,
     run_json_child,
+    write_report,
 )
 
 RATIO_TARGET = 1.5
@@ -317,9 +318,7 @@ def main() -> None:
         },
         "total_s": total,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    write_report(args.json, report)
 
 
 if __name__ == "__main__":

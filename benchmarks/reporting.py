@@ -114,3 +114,10 @@ def print_table(rows: list[dict[str, object]], columns: list[tuple[str, str]]) -
     print("-+-".join("-" * width for width in widths))
     for line in cells:
         print(" | ".join(cell.rjust(width) for cell, width in zip(line, widths, strict=True)))
+
+
+def write_report(path: Path, report: dict[str, Any]) -> None:
+    """Write a benchmark's JSON report (folders made as needed) and say where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from unitablation.drops import drop_tables
+from unitablation.drops import DropTables, drop_tables
 
 CLASSES = ["a", "b", "c", "d"]
 SIZES = np.array([10, 5, 4, 0])  # class d has no eval images
@@ -90,27 +90,16 @@ def test_gross_losses_become_n_lost_per_unit_in_unit_order() -> None:
     correct = np.array([[8, 5, 2, 0], [7, 5, 2, 0]])
     # unit 5 loses 2 images of a and gains 2 back (net 0); unit 2 loses 1 of a
     lost = np.array([[2, 0, 0, 0], [1, 0, 0, 0]])
-    result = drop_tables(
-        np.array([5, 2]),
-        correct,
-        np.tile(BASE_PROB, (2, 1)),
-        BASE,
-        BASE_PROB,
-        SIZES,
-        CLASSES,
-        lost=lost,
-    )
+
+    def tables(lost: np.ndarray) -> DropTables:
+        probs = np.tile(BASE_PROB, (2, 1))
+        return drop_tables(
+            np.array([5, 2]), correct, probs, BASE, BASE_PROB, SIZES, CLASSES, lost=lost
+        )
+
+    result = tables(lost)
     assert result.drops["unit"].tolist() == [2, 5]
     assert result.drops["n_lost"].tolist() == [1, 2]
     assert result.drops["overall_drop"].tolist() == pytest.approx([100 / 19, 0.0])
     with pytest.raises(ValueError, match=r"lost has shape \(2, 3\), expected \(2, 4\)"):
-        drop_tables(
-            np.array([5, 2]),
-            correct,
-            np.tile(BASE_PROB, (2, 1)),
-            BASE,
-            BASE_PROB,
-            SIZES,
-            CLASSES,
-            lost=lost[:, :3],
-        )
+        tables(lost[:, :3])

@@ -12,7 +12,7 @@ Three ways to get the logits with unit u ablated, fastest first, all exact up to
 - `hook`: models fx cannot cut: a full forward of the images with a hook that replaces the
   channel (slow, exact, needs the images rather than stored maps).
 
-The replacement is zero (SCIENCE.md) or, in `mean` mode, each unit's mean activation.
+The replacement is zero (README "Definitions") or, in `mean` mode, each unit's mean activation.
 
 Each chunk's unablated logits come from the same route as its ablated ones, so drops and gross
 losses (`lost`: correct -> wrong) never mix two computations; `compare_baseline` checks that

@@ -1,4 +1,4 @@
-"""From ablation counts to drops: overall, per class, and the most-hurt class (SCIENCE.md).
+"""From ablation counts to drops: overall, per class, the most-hurt class (README "Definitions").
 
 All accuracy drops are in percentage points (0-100); probability drops are in probability units.
 """

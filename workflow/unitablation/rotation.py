@@ -11,7 +11,7 @@ BASIS_PATTERN = re.compile(r"^(unit|rot(\d+))$")
 
 
 def haar_rotation(channels: int, seed: int) -> np.ndarray:
-    """Haar-random orthogonal (C, C) matrix with determinant +1 from a seeded Gaussian (SCIENCE.md).
+    """Haar-random orthogonal (C, C) matrix with determinant +1 from a seeded Gaussian.
 
     QR of a standard Gaussian matrix; each column of Q is multiplied by the sign of the matching
     diagonal entry of R (which makes the distribution Haar); if the determinant is then -1 the

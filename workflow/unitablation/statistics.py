@@ -1,4 +1,4 @@
-"""Analysis statistics: how well unit attributes predict ablation drops (SCIENCE.md, Analysis).
+"""Analysis statistics: how well unit attributes predict ablation drops (README "Definitions").
 
 Correlations (Spearman, Pearson, bootstrap CI of Spearman over units) between each numeric
 attribute and each drop target, and class-prediction hit rates of class-valued attributes
