@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from unitablation.extraction import extract_activations
+from unitablation.layouts import Layout
 from unitablation.models import TINY_ARCH, ModelSpec, build_model
 from unitablation.store import ActivationStore
 
@@ -61,13 +62,21 @@ def test_tinyalex_extraction_equals_direct_forward(tmp_path) -> None:
         fc = store.layer("classifier.fc6")
         assert fc["maps"].shape == (10, 8, 1, 1)
         np.testing.assert_allclose(fc["mean"][:], fc6.numpy(), atol=1e-6)
+        # The raw outputs a replay needs: (N, C) for the linear layer, NCHW for the conv one.
+        assert store.layout("classifier.fc6") == Layout("linear", 8, (1, 1))
+        assert store.layout("features.relu5") == Layout("conv", 5, tuple(relu5.shape[2:]))
+        outputs = list(store.iter_outputs("classifier.fc6", 4))
+        assert [offset for offset, _ in outputs] == [0, 4, 8]
+        np.testing.assert_allclose(np.concatenate([b for _, b in outputs]), fc6.numpy(), atol=1e-6)
+        conv = np.concatenate([b for _, b in store.iter_outputs("features.relu5", 4)])
+        np.testing.assert_array_equal(conv, store.layer("features.relu5")["maps"][:])
         batches = list(store.iter_maps("features.relu5", 4))
         assert [offset for offset, _ in batches] == [0, 4, 8]
         np.testing.assert_array_equal(
             np.concatenate([b for _, b in batches]), store.layer("features.relu5")["maps"][:]
         )
         assert store.file["paths"][3].decode() == "img3.png"
-        assert store.file.attrs["format"] == 1 and "torch" in store.file.attrs["versions"]
+        assert store.file.attrs["format"] == 2 and "torch" in store.file.attrs["versions"]
 
 
 def test_inplace_relu_does_not_corrupt_a_conv_output(tmp_path) -> None:
@@ -152,3 +161,80 @@ def test_a_module_called_twice_per_forward_is_refused(tmp_path) -> None:
         model(images)
         model(images)  # a second forward is a new pass, not a second call
     assert recorder.outputs["layer4.1"].shape == (2, 512, 2, 2)
+
+
+def hooked_output(model: torch.nn.Module, layer: str, images: torch.Tensor) -> torch.Tensor:
+    """The layer's output in one full forward, captured by a hook written here."""
+    captured = {}
+    module = dict(model.named_modules())[layer]
+    handle = module.register_forward_hook(lambda _m, _i, out: captured.__setitem__("x", out))
+    with torch.no_grad():
+        model(images)
+    handle.remove()
+    return captured["x"].clone()
+
+
+@pytest.mark.parametrize("source", ["torchvision", "timm"])
+def test_vit_token_layers_round_trip_through_the_store(tmp_path, source: str) -> None:
+    """Token layers are stored as patch-grid maps plus prefix tokens; iter_outputs gives back
+    exactly what the layer returned, and mean/max run over the patch tokens only."""
+    torch.manual_seed(0)
+    if source == "timm":
+        import timm
+
+        model = timm.create_model(
+            "vit_tiny_patch16_224", pretrained=False, img_size=32, num_classes=4, depth=2
+        )
+        layers, prefix, grid = ["blocks.1", "blocks.0.mlp.act"], 1, (2, 2)
+    else:
+        from torchvision.models.vision_transformer import VisionTransformer
+
+        model = VisionTransformer(32, 8, 2, 2, 16, 32, num_classes=4)
+        block = "encoder.layers.encoder_layer_1"
+        layers, prefix, grid = [block, f"{block}.mlp.1"], 1, (4, 4)
+    model.eval()
+    images, labels = torch.randn(5, 3, 32, 32), torch.tensor([0, 1, 2, 3, 0])
+    path = tmp_path / "vit.h5"
+    run_extraction(model, layers, images, labels, path, batch_size=2)
+    with ActivationStore(path) as store:
+        assert store.file.attrs["format"] == 2
+        for layer in layers:
+            # The same batches as the extraction: batched matmuls round by batch size.
+            direct = torch.cat([hooked_output(model, layer, part) for part in images.split(2)])
+            layout = store.layout(layer)
+            assert (layout.kind, layout.prefix, layout.grid) == ("tokens", prefix, grid)
+            assert layout.units == direct.shape[2]
+            outputs = list(store.iter_outputs(layer, 2))
+            assert [offset for offset, _ in outputs] == [0, 2, 4]
+            rebuilt = np.concatenate([batch for _, batch in outputs])
+            np.testing.assert_array_equal(rebuilt, direct.numpy())
+            group = store.layer(layer)
+            np.testing.assert_array_equal(group["prefix"][:], direct[:, :prefix].numpy())
+            patches = direct[:, prefix:].numpy()  # (N, h*w, C): the class token left out
+            np.testing.assert_allclose(group["mean"][:], patches.mean(1), rtol=0, atol=1e-6)
+            np.testing.assert_array_equal(group["max"][:], patches.max(1))
+            assert group["maps"].shape == (5, layout.units, *grid)
+
+
+def test_format_1_store_reads_as_conv_and_explicit_prefix(tmp_path) -> None:
+    """A store without the layout attribute reads as conv from `shape`; an explicit prefix
+    count overrides inference, and a count that leaves no square grid names the layer."""
+    model = build_model(ModelSpec(TINY_ARCH, 3, widths=(2, 2, 2, 2, 3), hidden=4, image_size=32))
+    images, labels = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    path = tmp_path / "old.h5"
+    run_extraction(model, ["features.relu5"], images, labels, path)
+    with h5py.File(path, "r+") as handle:
+        del handle["layers/features.relu5"].attrs["layout"]
+        shape = tuple(handle["layers/features.relu5"].attrs["shape"])
+    with ActivationStore(path) as store:
+        assert store.layout("features.relu5") == Layout("conv", *shape[:1], shape[1:])
+    tokens = torch.nn.Sequential(torch.nn.Flatten(2), torch.nn.Linear(1024, 6))
+    model = torch.nn.Sequential(tokens, torch.nn.Flatten(1), torch.nn.Linear(18, 3)).eval()
+    # 3 "tokens" (the colour planes) of 6 features: 2 stated prefix tokens leave a 1 x 1 grid,
+    # 3 leave no patch token at all.
+    run_extraction(model, ["0"], images, labels, tmp_path / "t.h5", prefix_tokens=2)
+    with ActivationStore(tmp_path / "t.h5") as store:
+        assert store.layout("0") == Layout("tokens", 6, (1, 1), 2)
+    with pytest.raises(ValueError, match=r"layer 0 .*\(3, 3, 6\).*prefix_tokens"):
+        run_extraction(model, ["0"], images, labels, tmp_path / "u.h5", prefix_tokens=3)
+    assert not (tmp_path / "u.h5").exists()

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .layouts import Layout, infer_layout
 from .store import STORE_FORMAT, atomic_path
 
 #: Target bytes per HDF5 chunk of a maps dataset (chunks hold whole images).
@@ -78,15 +79,6 @@ class LayerRecorder:
         self.close()
 
 
-def as_maps(output: torch.Tensor, layer: str) -> torch.Tensor:
-    """View a layer output as (N, C, h, w); fully connected outputs become 1 x 1 maps."""
-    if output.dim() == 4:
-        return output
-    if output.dim() == 2:
-        return output[:, :, None, None]
-    raise ValueError(f"layer {layer} output has shape {tuple(output.shape)}; expected 2-D or 4-D")
-
-
 def _chunk_rows(per_image_bytes: int, total: int) -> int:
     return int(max(1, min(total, CHUNK_BYTES // max(1, per_image_bytes))))
 
@@ -103,10 +95,14 @@ def extract_activations(
     store_maps: bool = True,
     maps_dtype: str = "float32",
     progress: Callable[[Any], Any] | None = None,
-) -> None:
+    prefix_tokens: int | None = None,
+) -> dict[str, Layout]:
     """Run `model` once over `loader` and write labels, logits and per-layer maps/mean/max.
 
-    The file appears at `out_path` only when complete (written under a temporary name).
+    Each layer's layout comes from its first output (`prefix_tokens`: the model's prefix tokens
+    where known, else inferred from the token count); mean and max run over the map's positions
+    (a token layer's patch tokens). The file appears at `out_path` only when complete (written
+    under a temporary name). Returns the layouts.
     """
     total = len(loader.dataset)
     if total == 0:
@@ -127,21 +123,35 @@ def extract_activations(
                 logits = model(images.to(device)).float().cpu()
                 count = len(images)
                 if offset == 0:
-                    _create_datasets(
-                        store, recorder.outputs, logits, layers, total, store_maps, maps_dtype
-                    )
+                    layouts = {
+                        layer: infer_layout(recorder.outputs[layer], layer, prefix_tokens)
+                        for layer in layers
+                    }
+                    _create_datasets(store, layouts, logits, total, store_maps, maps_dtype)
                 store["labels"][offset : offset + count] = labels.numpy()
                 store["logits"][offset : offset + count] = logits.numpy()
-                for layer in layers:
-                    maps = as_maps(recorder.outputs[layer], layer).cpu()
-                    group = store["layers"][layer]
-                    group["mean"][offset : offset + count] = maps.mean(dim=(2, 3)).numpy()
-                    group["max"][offset : offset + count] = maps.amax(dim=(2, 3)).numpy()
-                    if store_maps:
-                        group["maps"][offset : offset + count] = maps.numpy().astype(maps_dtype)
+                rows = slice(offset, offset + count)
+                for layer, layout in layouts.items():
+                    output = recorder.outputs[layer].cpu()
+                    _write_layer(store["layers"][layer], layout, output, rows, store_maps)
                 offset += count
         if offset != total:
             raise RuntimeError(f"loader yielded {offset} images, dataset has {total}")
+    return layouts
+
+
+def _write_layer(
+    group: h5py.Group, layout: Layout, output: torch.Tensor, rows: slice, store_maps: bool
+) -> None:
+    """Write one batch of a layer: mean and max over its map positions, maps and prefix."""
+    maps = layout.to_maps(output)
+    group["mean"][rows] = maps.mean(dim=(2, 3)).numpy()
+    group["max"][rows] = maps.amax(dim=(2, 3)).numpy()
+    if store_maps:
+        group["maps"][rows] = maps.numpy().astype(group["maps"].dtype)
+        if layout.prefix:
+            prefix = layout.prefix_tokens(output)
+            group["prefix"][rows] = prefix.numpy().astype(group["prefix"].dtype)
 
 
 def _attr_value(value: Any) -> Any:
@@ -150,9 +160,8 @@ def _attr_value(value: Any) -> Any:
 
 def _create_datasets(
     store: h5py.File,
-    outputs: Mapping[str, torch.Tensor],
+    layouts: Mapping[str, Layout],
     logits: torch.Tensor,
-    layers: Sequence[str],
     total: int,
     store_maps: bool,
     maps_dtype: str,
@@ -165,11 +174,11 @@ def _create_datasets(
         chunks=(_chunk_rows(4 * logits.shape[1], total), logits.shape[1]),
     )
     root = store.create_group("layers")
-    for layer in layers:
-        maps = as_maps(outputs[layer], layer)
-        channels, height, width = maps.shape[1:]
+    for layer, layout in layouts.items():
+        channels = layout.units
         group = root.create_group(layer)
-        group.attrs["shape"] = (channels, height, width)
+        group.attrs["shape"] = layout.map_shape()
+        group.attrs["layout"] = layout.to_json()
         for name in ("mean", "max"):
             group.create_dataset(
                 name,
@@ -178,10 +187,19 @@ def _create_datasets(
                 chunks=(_chunk_rows(4 * channels, total), channels),
             )
         if store_maps:
-            per_image = np.dtype(maps_dtype).itemsize * channels * height * width
-            group.create_dataset(
-                "maps",
-                shape=(total, channels, height, width),
-                dtype=maps_dtype,
-                chunks=(_chunk_rows(per_image, total), channels, height, width),
-            )
+            _create_rows(group, "maps", layout.map_shape(), total, maps_dtype)
+            if layout.prefix:
+                _create_rows(group, "prefix", (layout.prefix, channels), total, maps_dtype)
+
+
+def _create_rows(
+    group: h5py.Group, name: str, shape: tuple[int, ...], total: int, dtype: str
+) -> None:
+    """A (total, *shape) dataset chunked by whole images."""
+    per_image = np.dtype(dtype).itemsize * int(np.prod(shape))
+    group.create_dataset(
+        name,
+        shape=(total, *shape),
+        dtype=dtype,
+        chunks=(_chunk_rows(per_image, total), *shape),
+    )

@@ -11,8 +11,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-#: Bump when the layout of the store changes; readers check it.
-STORE_FORMAT = 1
+from .layouts import Layout
+
+#: Bump when the layout of the store changes; readers check it. Format 2 adds each layer's
+#: `layout` attribute and, for token layers with prefix tokens, their `prefix` dataset.
+STORE_FORMAT = 2
 
 
 @contextmanager
@@ -117,3 +120,24 @@ class ActivationStore:
         maps = group["maps"]
         for start in range(0, maps.shape[0], batch_size):
             yield start, maps[start : start + batch_size].astype(np.float32)
+
+    def layout(self, name: str) -> Layout:
+        """The layer's layout: its `layout` attribute, or a conv layout from `shape` (format 1)."""
+        group = self.layer(name)
+        if "layout" in group.attrs:
+            return Layout.from_json(group.attrs["layout"])
+        if "shape" in group.attrs:
+            channels, height, width = (int(side) for side in group.attrs["shape"])
+            return Layout("conv", channels, (height, width))
+        raise ValueError(f"activation store {self.path}: layer {name!r} records no layout")
+
+    def iter_outputs(self, name: str, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield (offset, raw layer outputs as float32): what the layer returned, rebuilt from
+        its maps (and prefix tokens) by its layout, e.g. (N, C) for a linear layer."""
+        layout, group = self.layout(name), self.layer(name)
+        if layout.prefix and "prefix" not in group:
+            raise ValueError(f"activation store {self.path}: layer {name!r} has no prefix tokens")
+        prefix = group["prefix"] if layout.prefix else None
+        for start, maps in self.iter_maps(name, batch_size):
+            head = None if prefix is None else prefix[start : start + len(maps)].astype(np.float32)
+            yield start, layout.from_maps(maps, head)
