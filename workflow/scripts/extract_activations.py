@@ -84,7 +84,7 @@ def main(
             "preprocess": preprocess.to_json(),
             "classes": list(classes),
         }
-        extract_activations(
+        layouts = extract_activations(
             model,
             layers,
             loader,
@@ -94,7 +94,10 @@ def main(
             paths=paths,
             maps_dtype=activations["maps_dtype"],
             progress=lambda batches: tqdm(batches, **progress_options(f"{model_name} {split}")),
+            prefix_tokens=model_entry.get("prefix_tokens"),
         )
+        for layer, layout in layouts.items():
+            print(f"layer {layer}: {layout.describe()}", file=sys.stderr)
         print(f"wrote {store_out}: {len(dataset)} images, layers {list(layers)}", file=sys.stderr)
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .layouts import Layout, infer_layout
+from .layouts import Layout, infer_layout, model_prefix_tokens
 from .store import STORE_FORMAT, atomic_path
 
 #: Target bytes per HDF5 chunk of a maps dataset (chunks hold whole images).
@@ -99,15 +99,17 @@ def extract_activations(
 ) -> dict[str, Layout]:
     """Run `model` once over `loader` and write labels, logits and per-layer maps/mean/max.
 
-    Each layer's layout comes from its first output (`prefix_tokens`: the model's prefix tokens
-    where known, else inferred from the token count); mean and max run over the map's positions
-    (a token layer's patch tokens). The file appears at `out_path` only when complete (written
-    under a temporary name). Returns the layouts.
+    Each layer's layout comes from its first output (prefix tokens: `prefix_tokens`, else what
+    the model states, else inferred from the token count); mean and max run over the map's
+    positions (a token layer's patch tokens). The file appears at `out_path` only when complete
+    (written under a temporary name). Returns the layouts.
     """
     total = len(loader.dataset)
     if total == 0:
         raise ValueError("image set is empty")
     model = model.to(device).eval()
+    if prefix_tokens is None:
+        prefix_tokens = model_prefix_tokens(model)
     batches = progress(loader) if progress else loader
     with atomic_path(out_path) as temporary, h5py.File(temporary, "w") as store:
         store.attrs.update({key: _attr_value(value) for key, value in attrs.items()})
