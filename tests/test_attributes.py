@@ -117,3 +117,29 @@ def test_torchvision_producers_and_undefined_cases() -> None:
     assert producer.op is None and producer.reason
     assert np.isnan(incoming_l1(producer, 512)[0]).all()
     assert np.isnan(outgoing_l1(resnet, "layer3", 256)).all()  # read by two ops (residual)
+
+
+def test_vit_mlp_units_have_their_linear_producer() -> None:
+    """A token layer after a ViT MLP's activation: unit u is output feature u of the Linear
+    before it, found in a Sequential (torchvision) and through the fx graph (timm's Mlp)."""
+    import timm
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(32, 8, 2, 2, 16, 32, num_classes=4)
+    mlp = vit.encoder.layers.encoder_layer_1.mlp
+    assert find_producer(vit, "encoder.layers.encoder_layer_1.mlp.1").op is mlp[0]
+    tiny = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=2)
+    producer = find_producer(tiny, "blocks.1.mlp.act")
+    assert producer.op is tiny.blocks[1].mlp.fc1 and producer.batchnorm is None
+    l1, folded = incoming_l1(producer, 768)
+    weight = tiny.blocks[1].mlp.fc1.weight.detach()
+    for unit in (0, 5, 767):
+        direct = sum(abs(float(w)) for w in weight[unit])
+        assert l1[unit] == pytest.approx(direct, rel=1e-9) and folded[unit] == l1[unit]
+    # A block output mixes channels (attention, residual): no producer, NaN norms.
+    block = find_producer(tiny, "blocks.1")
+    assert block.op is None and "mixes channels" in block.reason
+    assert np.isnan(incoming_l1(block, 192)[0]).all()
+    norm = find_producer(tiny, "blocks.1.norm2")  # LayerNorm after a residual sum: no producer
+    assert norm.op is None and norm.reason

@@ -46,7 +46,9 @@ def main(
     labels = concept_labels(broden)
     with ActivationStore(store_path) as store:
         classes = store.classes
-        n_units = store.layer(layer)["mean"].shape[1]
+        layout = store.layout(layer)  # maps: a token layer's patch tokens on their grid
+        n_units = layout.units
+        print(f"layer {layer}: {layout.describe()}", file=sys.stderr)
         rotation = None if seed is None else haar_rotation(n_units, seed)
         bar = tqdm(total=n_units, unit="unit", **progress_options(f"{layer} units"))
         result = concept_iou(

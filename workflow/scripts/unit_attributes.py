@@ -65,7 +65,9 @@ def main(
     seed = parse_basis(basis)
     with ActivationStore(store_path) as store:
         classes = store.classes
-        channels = store.layer(layer)["mean"].shape[1]
+        layout = store.layout(layer)
+        channels = layout.units
+        print(f"layer {layer}: {layout.describe()}", file=sys.stderr)
         rotation = None if seed is None else haar_rotation(channels, seed)
         model, _, _ = load_configured_model(model_entry, weights, torch.device("cpu"), classes)
         producer = find_producer(model, layer)

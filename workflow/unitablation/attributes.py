@@ -12,15 +12,28 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
+from torch import fx, nn
 
 from .suffix import NotACutPoint, analyse_head, split_suffix
 
-#: Modules that may stand between a unit's conv and the studied layer without mixing channels.
-PASS_THROUGH = (
+#: Element-wise activations: output channel u depends on input channel u alone.
+ELEMENTWISE = (
     nn.ReLU,
     nn.ReLU6,
     nn.LeakyReLU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.ELU,
+    nn.Mish,
+)
+#: Modules that may stand between a unit's conv/linear op and the studied layer without mixing
+#: channels (pooling acts per channel; dropout is the identity in eval mode).
+PASS_THROUGH = (
+    *ELEMENTWISE,
     nn.MaxPool2d,
     nn.AvgPool2d,
     nn.AdaptiveAvgPool2d,
@@ -44,18 +57,31 @@ class Producer:
 
 
 def find_producer(model: nn.Module, layer: str) -> Producer:
-    """Walk back from `layer` through its Sequential siblings to the conv/linear op feeding it."""
+    """Walk back from `layer` to the conv/linear op whose output channel u is unit u.
+
+    Inside a Sequential the walk follows its children; elsewhere (a ViT's MLP, whose `act`
+    follows `fc1`) it follows the parent's torch.fx graph. Token layers work as linear ones:
+    the Linear's output feature u is unit u. Anything untraceable gives no producer (NaN norms).
+    """
     module = model.get_submodule(layer)
     if isinstance(module, (nn.Conv2d, nn.Linear)):
         return Producer(module, None)
     parent_path, _, name = layer.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
-    if not isinstance(parent, nn.Sequential):
-        return Producer(None, None, f"{layer} is not inside a Sequential")
-    names = [child for child, _ in parent.named_children()]
+    if isinstance(parent, nn.Sequential):
+        names = [child for child, _ in parent.named_children()]
+        chain = [parent.get_submodule(child) for child in reversed(names[: names.index(name) + 1])]
+        end = f"no conv or linear op before {layer} in its Sequential"
+    else:
+        chain, end = _traced_chain(parent, name, layer)
+    return _producer_in(chain, layer, end)
+
+
+def _producer_in(chain: Sequence[nn.Module], layer: str, end: str) -> Producer:
+    """The first conv/linear op of `chain` (the layer, then what feeds it, backwards), allowing
+    one batch norm and channel-wise modules in between; `end` says why the chain stopped."""
     batchnorm = None
-    for child_name in reversed(names[: names.index(name) + 1]):
-        child = parent.get_submodule(child_name)
+    for child in chain:
         if isinstance(child, (nn.Conv2d, nn.Linear)):
             return Producer(child, batchnorm)
         if isinstance(child, (nn.BatchNorm2d, nn.BatchNorm1d)):
@@ -64,7 +90,27 @@ def find_producer(model: nn.Module, layer: str) -> Producer:
             batchnorm = child
         elif not isinstance(child, PASS_THROUGH):
             return Producer(None, None, f"{type(child).__name__} mixes channels before {layer}")
-    return Producer(None, None, f"no conv or linear op before {layer} in its Sequential")
+    return Producer(None, None, end)
+
+
+def _traced_chain(parent: nn.Module, name: str, layer: str) -> tuple[list[nn.Module], str]:
+    """Modules from child `name` back through single-input module calls of `parent`'s fx graph,
+    and why the walk stopped there."""
+    try:
+        graph = fx.symbolic_trace(parent).graph
+    except Exception as error:  # noqa: BLE001 - fx fails in many ways on dynamic code
+        return [], f"{type(parent).__name__} around {layer} is not fx-traceable ({error})"
+    calls = [node for node in graph.nodes if node.op == "call_module" and node.target == name]
+    if len(calls) != 1:
+        return [], f"{layer} is not called exactly once as a module of its parent"
+    chain: list[nn.Module] = []
+    node = calls[0]
+    while node.op == "call_module":
+        chain.append(parent.get_submodule(str(node.target)))
+        if len(node.all_input_nodes) != 1:
+            return chain, f"{node.target} before {layer} has {len(node.all_input_nodes)} inputs"
+        node = node.all_input_nodes[0]
+    return chain, f"{node.op} {node.target} feeds {layer}, not a conv or linear module"
 
 
 def is_rectified(model: nn.Module, layer: str) -> bool:
