@@ -351,3 +351,55 @@ def test_mismatched_rows_or_paths_raise(tmp_path: Path) -> None:
         pytest.raises(ValueError, match="row 1 is '002.png'"),
     ):
         store_reader(store, "conv", broden)
+
+
+def test_token_layer_iou_equals_a_hand_loop_over_patch_tokens(tmp_path: Path) -> None:
+    """A ViT block output (1 class token + 4 x 4 patch tokens) through extraction and the store:
+    its IoU equals the per-image loop on the patch tokens laid on their grid by hand (class token
+    left out of T_u and of the maps), upsampled to each segmentation size as for conv maps."""
+    from torch.utils.data import DataLoader, TensorDataset
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    from unitablation.extraction import extract_activations
+
+    rng = np.random.default_rng(3)
+    broden = random_set(tmp_path / "b", rng, 6)  # segmentation sizes 10 x 14 and 12 x 12
+    torch.manual_seed(0)
+    model = VisionTransformer(32, 8, 2, 2, 16, 32, num_classes=3).eval()
+    block = "encoder.layers.encoder_layer_1"
+    images = torch.randn(6, 3, 32, 32)
+    captured = {}
+    hook = model.get_submodule(block).register_forward_hook(
+        lambda _m, _i, out: captured.__setitem__("tokens", out.clone())
+    )
+    with torch.no_grad():
+        model(images)
+    hook.remove()
+    tokens = captured["tokens"].numpy()  # (6, 1 + 16, 16)
+    hand = np.empty((6, 16, 4, 4), dtype=np.float32)
+    for i in range(4):
+        for j in range(4):
+            hand[:, :, i, j] = tokens[:, 1 + 4 * i + j, :]
+    path = tmp_path / "concept.h5"
+    extract_activations(
+        model,
+        [block],
+        DataLoader(TensorDataset(images, torch.full((6,), -1)), batch_size=6),
+        path,
+        torch.device("cpu"),
+        {"classes": ["a", "b", "c"]},
+        paths=[record.image for record in broden.records],
+    )
+    expected = naive_iou(hand, broden, quantile=0.05)
+    with ActivationStore(path) as store:
+        assert store.layout(block).describe().startswith("tokens (N, 17, 16): 1 prefix + 4 x 4")
+        read = store_reader(store, block, broden)
+        result = concept_iou(read, 16, broden, quantile=0.05, image_batch=4, counting="union")
+    assert np.array_equal(result.thresholds, expected["thresholds"])
+    assert np.array_equal(result.intersection, expected["intersection"])
+    assert np.array_equal(result.activation, expected["activation"])
+    assert np.array_equal(result.iou, expected["iou"])
+    assert result.intersection.sum() > 0
+    # The class token is not part of the map: thresholds over all tokens would differ.
+    with_class = [np.quantile(tokens[:, :, u].astype(np.float64), 0.95) for u in range(16)]
+    assert not np.array_equal(result.thresholds, with_class)
