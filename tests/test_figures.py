@@ -584,3 +584,40 @@ def test_saved_png_has_figsize_times_dpi_pixels_and_reruns_are_identical(tmp_pat
     )
     for a, b in zip(first, second, strict=True):
         assert a.read_bytes() == b.read_bytes(), a.name
+
+
+def test_examples_figure_of_a_token_layer(tmp_path: Path, concept_inputs: dict) -> None:
+    """A ViT block's store (1 class token + 4 x 4 patch tokens): the example masks are the patch
+    tokens laid on their grid by hand, upsampled to the picture and thresholded."""
+    from torch.utils.data import DataLoader, TensorDataset
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    from unitablation.extraction import extract_activations
+
+    i = concept_inputs
+    torch.manual_seed(0)
+    model = VisionTransformer(32, 8, 2, 2, N_UNITS, 24, num_classes=3).eval()
+    block = "encoder.layers.encoder_layer_0"
+    images = torch.randn(4, 3, 32, 32)
+    captured = {}
+    model.get_submodule(block).register_forward_hook(
+        lambda _m, _i, out: captured.__setitem__("tokens", out.clone())
+    )
+    with torch.no_grad():
+        model(images)
+    store = tmp_path / "tokens.h5"
+    loader = DataLoader(TensorDataset(images, torch.full((4,), -1)), batch_size=4)
+    paths = [f"{k:03d}.png" for k in range(4)]
+    extract_activations(model, [block], loader, store, torch.device("cpu"), {}, paths=paths)
+    stem = tmp_path / "fig" / "examples"
+    args = (i["units"], i["class_drops"], i["concepts"], str(store), i["broden"], block)
+    figure = script("examples").main(*args, str(stem), DPI, 2, 3)
+    check_saved(stem, figure, DPI)
+    unit = example_units(pd.read_csv(i["units"]), 2)[0]
+    row = int(i["top_images"][unit][0])
+    tokens = captured["tokens"][row, :, unit]  # (1 + 16,)
+    grid = torch.tensor([[float(tokens[1 + 4 * r + c]) for c in range(4)] for r in range(4)])
+    upsampled = F.interpolate(grid[None, None], size=(16, 12), mode="bilinear")[0, 0].numpy()
+    _, tint = [im.get_array() for im in figure.axes[1].get_images()]
+    assert (upsampled > 0.5).any() and not (upsampled > 0.5).all()
+    np.testing.assert_array_equal(np.asarray(tint)[..., 3] > 0, upsampled > 0.5)
