@@ -68,6 +68,9 @@ def test_json_and_describe() -> None:
         Layout.from_json('{"kind": "conv"}')
     with pytest.raises(ValueError, match="kind"):
         Layout("nchw", 3, (1, 1))
+    # numpy ints (from HDF5 attributes) and lists become plain ints and tuples
+    same = Layout("tokens", np.int64(192), [np.int64(2), 2], np.int64(1))
+    assert same == layout and same.to_json() == layout.to_json()
 
 
 def test_bad_outputs_name_the_layer_and_shape() -> None:

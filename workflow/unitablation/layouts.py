@@ -44,6 +44,10 @@ class Layout:
     prefix: int = 0
 
     def __post_init__(self) -> None:
+        # Plain ints (h5py attributes and torch sizes give numpy ints), so JSON and == work.
+        object.__setattr__(self, "units", int(self.units))
+        object.__setattr__(self, "grid", tuple(int(side) for side in self.grid))
+        object.__setattr__(self, "prefix", int(self.prefix))
         if self.kind not in LAYOUT_KINDS:
             raise ValueError(f"layout kind {self.kind!r} is none of {LAYOUT_KINDS}")
         if self.units < 1 or len(self.grid) != 2 or min(self.grid) < 1:
