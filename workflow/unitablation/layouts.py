@@ -9,6 +9,7 @@ methods take torch tensors or numpy arrays alike, so readers without torch can u
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -246,8 +247,8 @@ def layer_layouts(
         raise ValueError(f"no layer(s) {missing} in model; valid module paths are: {valid}")
     outputs: dict[str, list[Any]] = {layer: [] for layer in layers}
     handles = [modules[layer].register_forward_hook(_recorder(outputs[layer])) for layer in layers]
-    parameter = next(iter(model.parameters()), None)
-    device = parameter.device if parameter is not None else torch.device("cpu")
+    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
+    device = tensor.device if tensor is not None else torch.device("cpu")
     was_training = model.training
     try:
         with torch.no_grad():
