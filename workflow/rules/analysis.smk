@@ -4,11 +4,11 @@
 
 rule unit_table:
     input:
+        unpack(concept_table_input),
         drops="results/{model}/{layer}/{basis}/drops.csv",
         class_drops="results/{model}/{layer}/{basis}/class_drops.csv",
         prob_drops="results/{model}/{layer}/{basis}/class_prob_drops.h5",
         attributes="results/{model}/{layer}/{basis}/attributes.csv",
-        concepts="results/{model}/{layer}/{basis}/concepts.csv",
     output:
         table=report(
             "results/{model}/{layer}/{basis}/units.csv",

@@ -25,11 +25,9 @@ rule figure_drops:
 
 rule figure_examples:
     input:
+        unpack(example_concept_inputs),
         units="results/{model}/{layer}/unit/units.csv",
         class_drops="results/{model}/{layer}/unit/class_drops.csv",
-        concepts="results/{model}/{layer}/unit/concepts.h5",
-        store="results/{model}/activations/concept/{layer}.h5",
-        broden=concept_source,
     output:
         png=report(
             "results/figures/{model}/{layer}/examples.png",

@@ -10,6 +10,7 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from unitablation.broden import read_broden  # noqa: E402
+from unitablation.concept_status import NO_CONCEPT_SET  # noqa: E402
 from unitablation.figures import (  # noqa: E402
     ExampleImage,
     example_units,
@@ -25,9 +26,9 @@ from unitablation.table_io import read_class_matrix, read_table  # noqa: E402
 def main(
     units_table: str,
     class_drops_table: str,
-    concepts_path: str,
-    store_path: str,
-    broden_dir: str,
+    concepts_path: str | None,
+    store_path: str | None,
+    broden_dir: str | None,
     layer: str,
     stem: str,
     dpi: float,
@@ -37,12 +38,35 @@ def main(
     """Top `example_units_count` units by M_u, each with its `example_images` top concept images.
 
     A mask is the unit's map bilinearly upsampled to the image size, then > the unit's
-    threshold T_u (from concepts.h5), as in Network Dissection.
+    threshold T_u (from concepts.h5), as in Network Dissection. Without a concept set
+    (`concepts_path` None) the units' rows show their classes and say "no concept set".
     """
     units = read_table(units_table)
     class_drops = read_class_matrix(class_drops_table)
     class_drops.columns = ["unit", *map(str, class_drops.columns[1:])]
     chosen = example_units(units, example_units_count)
+    if concepts_path is None:
+        print(f"{NO_CONCEPT_SET}: units {chosen} shown without concept images", file=sys.stderr)
+        images = {unit: [] for unit in chosen}
+    else:
+        images = concept_examples(
+            concepts_path, store_path, broden_dir, layer, chosen, example_images
+        )
+    title = f"{units['model'].iloc[0]}, {layer}: units with the largest class drop"
+    figure = examples_figure(units, class_drops, images, title=title)
+    save_figure(figure, stem, dpi)
+    return figure
+
+
+def concept_examples(
+    concepts_path: str,
+    store_path: str,
+    broden_dir: str,
+    layer: str,
+    chosen: list[int],
+    example_images: int,
+) -> dict[int, list[ExampleImage]]:
+    """Each chosen unit's top concept images with its mask (map upsampled, > T_u)."""
     broden = read_broden(broden_dir)
     images: dict[int, list[ExampleImage]] = {}
     concepts_file = open_hdf5(concepts_path, "concept IoU matrix")
@@ -64,10 +88,7 @@ def main(
                 f"unit {unit}: threshold {threshold:.4g}, images {[e.index for e in images[unit]]}",
                 file=sys.stderr,
             )
-    title = f"{units['model'].iloc[0]}, {layer}: units with the largest class drop"
-    figure = examples_figure(units, class_drops, images, title=title)
-    save_figure(figure, stem, dpi)
-    return figure
+    return images
 
 
 if "snakemake" in globals():
@@ -75,9 +96,9 @@ if "snakemake" in globals():
         main(
             snakemake.input.units,  # noqa: F821
             snakemake.input.class_drops,  # noqa: F821
-            snakemake.input.concepts,  # noqa: F821
-            snakemake.input.store,  # noqa: F821
-            snakemake.input.broden,  # noqa: F821
+            snakemake.input.get("concepts"),  # noqa: F821
+            snakemake.input.get("store"),  # noqa: F821
+            snakemake.input.get("broden"),  # noqa: F821
             snakemake.wildcards.layer,  # noqa: F821
             str(Path(snakemake.output.png).with_suffix("")),  # noqa: F821
             snakemake.params.figures["dpi"],  # noqa: F821

@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from unitablation.concentration import concentration_summary, concentration_table  # noqa: E402
+from unitablation.concept_status import NO_CONCEPT_SET, concepts_measured  # noqa: E402
 from unitablation.logs import logged_to  # noqa: E402
 from unitablation.statistics import class_prediction_table, correlation_table  # noqa: E402
 from unitablation.store import atomic_paths  # noqa: E402
@@ -90,7 +91,16 @@ def main(
     units = read_units(units_path)
     n_classes = len(read_class_matrix(class_drops, nrows=0).columns) - 1
     identity = units[list(KEYS)].iloc[0]
-    correlations = correlation_table(units, bootstrap=analysis["bootstrap"], seed=seed)
+    unmeasured = {} if concepts_measured(units) else {"iou": NO_CONCEPT_SET}
+    if unmeasured:
+        print(
+            f"{NO_CONCEPT_SET}: concept IoU correlations undefined, class prediction by "
+            "concept (concept_class) skipped (no unit has a concept class)",
+            file=sys.stderr,
+        )
+    correlations = correlation_table(
+        units, bootstrap=analysis["bootstrap"], seed=seed, unmeasured=unmeasured
+    )
     prediction = class_prediction_table(
         units, n_classes=n_classes, permutations=analysis["permutations"], seed=seed
     )

@@ -6,6 +6,7 @@ from pathlib import Path
 if "snakemake" in globals():  # make the library importable inside any rule environment
     sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 
+from unitablation.concept_status import NO_CONCEPT_SET, unmeasured_concepts  # noqa: E402
 from unitablation.logs import logged_to  # noqa: E402
 from unitablation.store import atomic_path, open_hdf5, require_datasets  # noqa: E402
 from unitablation.table_io import read_class_matrix, read_table  # noqa: E402
@@ -17,7 +18,7 @@ def main(
     class_drops: str,
     prob_drops: str,
     attributes: str,
-    concepts: str,
+    concepts: str | None,
     table_out: str,
     model: str,
     layer: str,
@@ -27,24 +28,31 @@ def main(
     """Read the four per-unit tables and the probability drops; write the joined table.
 
     The detector flag (best IoU >= iou_threshold) is decided here, not by concept_iou, so that
-    editing concepts.iou_threshold reruns the tables and not the IoU computation.
+    editing concepts.iou_threshold reruns the tables and not the IoU computation. Without a
+    concept set (`concepts` None) the concept columns are empty (see concept_status).
     """
     with open_hdf5(prob_drops, "probability drops") as handle:
         require_datasets(handle, ["class_prob_drops"], prob_drops)
         class_prob_drops = handle["class_prob_drops"][:]
+    drop_table = read_table(drops)
+    if concepts is None:
+        concept_table = unmeasured_concepts(drop_table["unit"].to_numpy())
+    else:
+        concept_table = with_detectors(read_table(concepts), iou_threshold)
     table = unit_table(
-        read_table(drops),
+        drop_table,
         read_class_matrix(class_drops),
         class_prob_drops,
         read_table(attributes),
-        with_detectors(read_table(concepts), iou_threshold),
+        concept_table,
         {"model": model, "layer": layer, "basis": basis},
     )
-    print(
-        f"{len(table)} units, {len(table.columns)} columns; detectors (IoU >= {iou_threshold}): "
-        f"{int(table['is_detector'].sum())}",
-        file=sys.stderr,
+    detectors = (
+        f"{NO_CONCEPT_SET}, concept IoU not measured"
+        if concepts is None
+        else f"detectors (IoU >= {iou_threshold}): {int(table['is_detector'].sum())}"
     )
+    print(f"{len(table)} units, {len(table.columns)} columns; {detectors}", file=sys.stderr)
     with atomic_path(table_out) as temporary:
         table.to_csv(temporary, index=False, float_format="%.8g")
 
@@ -56,7 +64,7 @@ if "snakemake" in globals():
             snakemake.input.class_drops,  # noqa: F821
             snakemake.input.prob_drops,  # noqa: F821
             snakemake.input.attributes,  # noqa: F821
-            snakemake.input.concepts,  # noqa: F821
+            snakemake.input.get("concepts"),  # noqa: F821
             snakemake.output.table,  # noqa: F821
             snakemake.wildcards.model,  # noqa: F821
             snakemake.wildcards.layer,  # noqa: F821

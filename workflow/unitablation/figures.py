@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from unitablation.concept_status import NO_CONCEPT_SET, concepts_measured
 from unitablation.store import atomic_path
 
 PAPER_WIDTH = 7.0  # inches: a two-column paper's text width
@@ -336,6 +337,8 @@ def _concept_text(row: pd.Series) -> str:
     """'best concept: name (category), IoU 0.123' or a note that the unit has none."""
     concept = row.get("concept")
     iou = float(numeric([row.get("iou")])[0])
+    if not np.isfinite(iou):
+        return NO_CONCEPT_SET
     if not isinstance(concept, str) or not concept:
         return "no concept"
     category = row.get("concept_category")
@@ -394,6 +397,16 @@ def examples_figure(
         for k, image_axes in enumerate(axes[1:]):
             image_axes.set_axis_off()
             if k >= len(images[unit]):
+                if k == 0 and not np.isfinite(float(numeric([row.get("iou")])[0])):
+                    image_axes.text(
+                        0.5,
+                        0.5,
+                        f"{NO_CONCEPT_SET}:\nno concept images",
+                        ha="center",
+                        va="center",
+                        transform=image_axes.transAxes,
+                        fontsize=8,
+                    )
                 continue
             example = images[unit][k]
             image_axes.imshow(example.image)
@@ -451,6 +464,8 @@ def attributes_figure(
 ) -> Figure:
     """Scatter of each attribute with finite values (rows) against D_u and M_u (columns)."""
     present = scatter_attributes(units, attributes)
+    if "iou" in attributes and "iou" in units and not concepts_measured(units):
+        title = f"{title or ''}{' ' if title else ''}(concept IoU: {NO_CONCEPT_SET})"
     height = 1.2 * max(1, len(present)) + (0.55 if title else 0.3)
     figure = Figure(figsize=(PAPER_WIDTH, height), layout="constrained")
     if not present:
@@ -717,7 +732,16 @@ def rotation_figure(
                 axes.bar(x, count, color=basis_color(basis), alpha=0.8, width=0.6)
                 axes.text(x, count, f"{count:.0f}", ha="center", va="bottom")
             else:
-                axes.text(x, 0.5, "n/a", transform=axes.get_xaxis_transform(), ha="center")
+                axes.text(
+                    x,
+                    0.5,
+                    missing_text("is_detector", by_basis[basis]),
+                    transform=axes.get_xaxis_transform(),
+                    ha="center",
+                    va="center",
+                    rotation=90,
+                    fontsize=8,
+                )
         axes.set_xticks(np.arange(len(bases)), labels=list(bases))
         axes.set_xlim(-0.6, len(bases) - 0.4)
         axes.margins(y=0.15)
@@ -752,6 +776,12 @@ def model_label(model: str, accuracy: float | None) -> str:
 
 
 VARIANT_COLUMNS: tuple[str, ...] = ("overall_drop", "max_class_drop", "selectivity", "iou")
+
+
+def missing_text(column: str, rows: pd.DataFrame) -> str:
+    """What a panel prints where a column has no value: why for IoU without a concept set."""
+    concept_column = column in ("iou", "is_detector")
+    return NO_CONCEPT_SET if concept_column and not concepts_measured(rows) else "n/a"
 
 
 @styled
@@ -795,7 +825,14 @@ def variants_figure(
                     )
                 else:
                     axes.text(
-                        position, 0.5, "n/a", transform=axes.get_xaxis_transform(), ha="center"
+                        position,
+                        0.5,
+                        missing_text(column, rows),
+                        transform=axes.get_xaxis_transform(),
+                        ha="center",
+                        va="center",
+                        rotation=90 if column == "iou" else 0,
+                        fontsize=8,
                     )
                 position += 1.0
             centers.append((start + position - 1.0) / 2.0)

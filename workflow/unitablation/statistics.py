@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -152,8 +152,12 @@ def correlation_table(
     bootstrap: int = 1000,
     seed: int = 0,
     confidence: float = 0.95,
+    unmeasured: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """Spearman and Pearson (two-sided p) and a bootstrap CI of Spearman, per (attribute, target).
+
+    ``unmeasured`` maps attributes that were not measured (e.g. ``iou`` without a concept set)
+    to the reason, which becomes their rows' ``undefined_reason`` (statistics NaN).
 
     Units where the attribute or target is not finite are excluded and counted in n_excluded
     (e.g. the NaN class correlation of a dead unit, whose activation is constant); n_dead counts
@@ -190,7 +194,8 @@ def correlation_table(
                 "n_units": int(finite.sum()),
                 "n_excluded": int((~finite).sum()),
                 "n_dead": n_dead,
-                "undefined_reason": undefined_reason(len(x), x, y),
+                "undefined_reason": (unmeasured or {}).get(attribute)
+                or undefined_reason(len(x), x, y),
             }
             if not row["undefined_reason"]:
                 with warnings.catch_warnings(), np.errstate(all="ignore"):

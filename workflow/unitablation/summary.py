@@ -12,6 +12,8 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from .concept_status import NO_CONCEPT_SET
+
 #: Attributes named in the RQ2 paragraph, with how the text calls them.
 ATTRIBUTE_NAMES = {
     "l1_in": "incoming L1 norm",
@@ -27,6 +29,37 @@ CLASS_ATTRIBUTE_NAMES = {
 }
 #: The k reported from the cumulative ablation (or the largest k below it).
 CUMULATIVE_K = 4
+
+
+def detectors_text(n_detectors: float, n_units: int) -> str:
+    """'12 of 64 units concept detectors', or that the model has no concept set."""
+    if pd.isna(n_detectors):
+        return f"concept detectors not measured ({NO_CONCEPT_SET})"
+    return f"{int(n_detectors)} of {int(n_units)} units concept detectors"
+
+
+def models_without_concepts(rotation: pd.DataFrame) -> list[str]:
+    """Models whose rows carry no concept numbers (empty n_detectors): no concept set."""
+    if "n_detectors" not in rotation:
+        return []
+    detectors = pd.to_numeric(rotation["n_detectors"], errors="coerce")
+    missing = detectors.isna().groupby(rotation["model"], sort=False).all()
+    return [str(model) for model, none in missing.items() if none]
+
+
+def concept_set_paragraph(rotation: pd.DataFrame) -> str:
+    """One line per model without a concept set (empty when every model has one)."""
+    models = models_without_concepts(rotation)
+    if not models:
+        return ""
+    lines = "; ".join(
+        f"model `{model}`: {NO_CONCEPT_SET}, concept IoU not measured" for model in models
+    )
+    return (
+        f"**Concept sets.** {lines}. Its IoU, detector and concept-implied-class cells are empty, "
+        f"its correlations with IoU say `{NO_CONCEPT_SET}` (undefined_reason), and the "
+        "sentences below leave concept numbers out for it."
+    )
 
 
 def number(value: float, digits: int = 2) -> str:
@@ -155,6 +188,7 @@ def rq2(variants: pd.DataFrame) -> str:
             values = {
                 name: row.get(f"spearman_{attr}_{target}", np.nan)
                 for attr, name in ATTRIBUTE_NAMES.items()
+                if attr != "iou" or not pd.isna(row.get("n_detectors", 0))
             }
             listed = ", ".join(f"{name} {number(v)}" for name, v in values.items())
             parts.append(f"with the {label}: {listed}")
@@ -176,8 +210,8 @@ def rq3(variants: pd.DataFrame) -> str:
             f"`{row.model}` (top-1 {number(row.baseline_accuracy, 1)}%): mean max class drop "
             f"{number(row.max_class_drop_mean)} points, mean overall drop "
             f"{number(row.overall_drop_mean, 3)}, mean selectivity "
-            f"{number(row.selectivity_mean)}, {int(row.n_detectors)} of {int(row.n_units)} units "
-            f"concept detectors, rho(selectivity, max class drop) "
+            f"{number(row.selectivity_mean)}, {detectors_text(row.n_detectors, row.n_units)}, "
+            "rho(selectivity, max class drop) "
             f"{number(getattr(row, 'spearman_selectivity_max_class_drop', np.nan))}."
         )
     layers = ", ".join(sorted(set(focus_rows(variants)["layer"])))
@@ -192,6 +226,13 @@ def _range(values: pd.Series, digits: int = 2) -> str:
     if number(low, digits) == number(high, digits):
         return number(low, digits)
     return f"{number(low, digits)} to {number(high, digits)}"
+
+
+def rq4_detectors(n_detectors: float, rotated: pd.DataFrame) -> str:
+    """RQ4's detector clause: unit-basis count and the rotated range, or no concept set."""
+    if pd.isna(n_detectors):
+        return f"detectors not measured ({NO_CONCEPT_SET})"
+    return f"detectors {int(n_detectors)} (rotated {_range(rotated['n_detectors'], 0)})"
 
 
 def rq4(rotation: pd.DataFrame) -> str:
@@ -212,8 +253,7 @@ def rq4(rotation: pd.DataFrame) -> str:
             f"{number(row.max_class_drop_max, 1)} "
             f"(rotated {_range(rotated['max_class_drop_max'], 1)}); "
             f"mean selectivity {number(row.selectivity_mean)} (rotated "
-            f"{_range(rotated['selectivity_mean'])}); detectors {int(row.n_detectors)} (rotated "
-            f"{_range(rotated['n_detectors'], 0)})."
+            f"{_range(rotated['selectivity_mean'])}); {rq4_detectors(row.n_detectors, rotated)}."
         )
     n_seeds = rotation.loc[rotation["basis"] != "unit", "basis"].nunique()
     return (
@@ -348,6 +388,9 @@ def summary_markdown(
         "top-1 accuracy on the eval split. Figures are under `results/figures/`."
     )
     paragraphs = [rq1(variants), rq2(variants), rq3(variants), rq4(rotation)]
+    concept_sets = concept_set_paragraph(rotation)
+    if concept_sets:
+        paragraphs.insert(0, concept_sets)
     if cumulative:
         paragraphs.append(cumulative_paragraph(cumulative))
     degenerate = degenerate_paragraph(rotation)

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .concentration import concentration_summary
+from .concept_status import concepts_measured
 from .degenerate import constant_flags, dead_flags
 from .statistics import TARGETS, hurting_flags, top_classes
 
@@ -83,7 +84,8 @@ def comparison_row(
     baseline.csv's n_predicted); `n_dead_units` and `n_constant_units` count units flagged in
     units.csv. Class-prediction rates `top1_<attribute>` are over hurting units (M_u > 0),
     `top1_<attribute>_all` over all units, each with its count `n_<attribute>[_all]`; the RQ1
-    concentration counts come from `concentration` (concentration.csv) when given.
+    concentration counts come from `concentration` (concentration.csv) when given. Without a
+    concept set (no finite IoU) `iou_mean` and `n_detectors` are empty.
     """
     row: dict[str, object] = {key: identity[key] for key in KEYS}
     row["baseline_accuracy"] = baseline_accuracy
@@ -103,7 +105,9 @@ def comparison_row(
     )
     row["selectivity_mean"] = units["selectivity"].mean()
     row["iou_mean"] = units["iou"].mean()
-    row["n_detectors"] = int(units["is_detector"].astype(bool).sum())
+    row["n_detectors"] = (
+        int(units["is_detector"].astype(bool).sum()) if concepts_measured(units) else np.nan
+    )
     for item in correlations.itertuples(index=False):
         row[f"spearman_{item.attribute}_{item.target}"] = item.spearman
     if concentration is not None:
