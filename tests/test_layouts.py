@@ -198,3 +198,17 @@ def test_layer_layouts_refuses_a_module_called_twice() -> None:
 
     with pytest.raises(ValueError, match="layer act runs 2 times"):
         layer_layouts(Twice(), ["act"], side=4)
+
+
+def test_layer_layouts_refuse_a_channels_last_output() -> None:
+    """timm's ConvNeXt (conv_mlp off, the default above atto) runs its block MLP on
+    (N, H, W, C): reading that as NCHW would make image rows the units, so it is refused; the
+    block output (NCHW) is a conv layout."""
+    import timm
+
+    with torch.device("meta"):
+        model = timm.create_model("convnext_atto", pretrained=False, num_classes=4, conv_mlp=False)
+    with pytest.raises(ValueError, match=r"layer stages\.0\.blocks\.0\.mlp\.fc1 .*\(N, H, W, C\)"):
+        layer_layouts(model, ["stages.0.blocks.0.mlp.fc1"], side=32)
+    layout = layer_layouts(model, ["stages.0.blocks.0"], side=32)["stages.0.blocks.0"]
+    assert layout == Layout("conv", 40, (8, 8))

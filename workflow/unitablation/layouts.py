@@ -259,7 +259,10 @@ def layer_layouts(
             handle.remove()
     if prefix_tokens is None:
         prefix_tokens = model_prefix_tokens(model)
-    return {layer: _single_layout(outputs[layer], layer, prefix_tokens) for layer in layers}
+    layouts = {layer: _single_layout(outputs[layer], layer, prefix_tokens) for layer in layers}
+    for layer, layout in layouts.items():
+        _refuse_channels_last(modules[layer], layer, layout)
+    return layouts
 
 
 def _recorder(calls: list[Any]) -> Callable[..., None]:
@@ -279,3 +282,15 @@ def _single_layout(calls: list[Any], layer: str, prefix_tokens: int | None) -> L
             "output; study a module that runs exactly once (e.g. the block that encloses it)"
         )
     return infer_layout(calls[0], layer, prefix_tokens)
+
+
+def _refuse_channels_last(module: nn.Module, layer: str, layout: Layout) -> None:
+    """A Linear or LayerNorm with a 4-D output works on the last axis: its output is
+    channels-last (N, H, W, C), as inside timm's ConvNeXt blocks, not (N, C, H, W)."""
+    from torch import nn
+
+    if layout.kind == "conv" and isinstance(module, (nn.Linear, nn.LayerNorm)):
+        raise ValueError(
+            f"layer {layer} is a {type(module).__name__} with a 4-D output, so its channels are "
+            f"the last axis (N, H, W, C), which no layout reads; study the enclosing block"
+        )
