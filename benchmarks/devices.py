@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
 from unitablation.devices import use_full_float32  # noqa: E402
 from unitablation.extraction import extract_activations  # noqa: E402
-from unitablation.images import ImageFolderSet, default_preprocess, stack_dataset  # noqa: E402
+from unitablation.images import ImageFolderSet, model_preprocess, stack_dataset  # noqa: E402
 from unitablation.models import ModelSpec, build_model  # noqa: E402
 from unitablation.store import ActivationStore  # noqa: E402
 from unitablation.training import TrainConfig, train_model  # noqa: E402
@@ -58,7 +58,7 @@ def main() -> None:
     if world is None:
         world = scratch / "world"
         write_image_folder(world, WorldSpec())
-    preprocess = default_preprocess("tinyalex")
+    preprocess = model_preprocess({"arch": "tinyalex"})
     train = ImageFolderSet(world / "train", preprocess)
     val = ImageFolderSet(world / "val", preprocess)
     images, labels = stack_dataset(train)

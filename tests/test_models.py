@@ -7,7 +7,6 @@ import torch
 
 from unitablation.models import (
     TINY_ARCH,
-    TORCHVISION_ARCHS,
     ModelSpec,
     build_model,
     check_layers,
@@ -124,10 +123,11 @@ def build_model_on_meta(spec: ModelSpec) -> torch.nn.Module:
         return build_model(spec)
 
 
-def test_unknown_arch_is_named() -> None:
-    with pytest.raises(ValueError, match="unknown architecture 'lenet'"):
+def test_unknown_arch_is_named_with_the_closest_builders() -> None:
+    with pytest.raises(ValueError, match="unknown torchvision architecture 'lenet'"):
         build_model(ModelSpec("lenet", 10))
-    assert "resnet50" in TORCHVISION_ARCHS
+    with pytest.raises(ValueError, match=r"'resnet81'; closest: resnet18"):
+        build_model(ModelSpec("resnet81", 10))
 
 
 def test_checkpoint_round_trip_and_shape_mismatch(tmp_path) -> None:

@@ -3,6 +3,7 @@
 
 rule ablate_shard:
     input:
+        unpack(factory_input),
         store="results/{model}/activations/eval/{layer}.h5",
         weights=model_weights,
         images=eval_images,

@@ -7,6 +7,7 @@
 rule extract_activations:
     input:
         unpack(class_inputs),
+        unpack(factory_input),
         images=split_source,
         weights=model_weights,
     output:
@@ -30,6 +31,7 @@ rule extract_activations:
 rule extract_outputs:
     input:
         unpack(class_inputs),
+        unpack(factory_input),
         images=split_source,
         weights=model_weights,
     output:

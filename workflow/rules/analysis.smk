@@ -105,6 +105,7 @@ rule compare:
 
 rule cumulative_ablation:
     input:
+        unpack(factory_input),
         store="results/{model}/activations/eval/{layer}.h5",
         weights=model_weights,
         images=eval_images,

@@ -3,6 +3,7 @@
 
 rule unit_attributes:
     input:
+        unpack(factory_input),
         store="results/{model}/activations/eval/{layer}.h5",
         weights=model_weights,
     output:

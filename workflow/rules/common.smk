@@ -95,14 +95,17 @@ def job_layer(wildcards):
 
 def is_trained(name):
     """Whether the pipeline trains this model itself (the miniature family)."""
-    return model_entry(name)["arch"] == TRAINED_ARCH
+    return model_entry(name).get("arch") == TRAINED_ARCH
 
 
 def check_config_layers():
-    """Fail at start when a configured layer does not exist (listing valid module paths) or is
-    called more than once per forward (naming the enclosing block)."""
+    """Fail at start when a model's source is unknown or cannot be built (naming the key and
+    the closest valid names), or a configured layer does not exist (listing valid module
+    paths), is called more than once per forward (naming the enclosing block) or has an
+    output layout that cannot be interpreted (naming its shape)."""
     try:
-        from unitablation.models import ModelSpec, check_layers, input_size
+        from unitablation.model_sources import EntryError, check_entry
+        from unitablation.models import ModelSpec, check_model_layers, input_size, probe_model
     except ImportError as error:  # e.g. a Snakemake-only env with --sdm conda
         warnings.warn(
             f"cannot import the library to check layer names now ({error}); "
@@ -110,13 +113,23 @@ def check_config_layers():
         )
         return
     for name in model_names():
-        spec = ModelSpec.from_config(
-            model_entry(name), num_classes=2, image_size=config["world"]["image_size"]
-        )
-        key = f"models.{name}.layers" if model_entry(name).get("layers") else "layers"
-        side = input_size(spec, (model_entry(name).get("preprocess") or {}).get("crop"))
+        entry = model_entry(name)
         try:
-            check_layers(spec, model_layers(name), name, side)
+            check_entry(entry)
+            spec = ModelSpec.from_config(
+                entry, num_classes=2, image_size=config["world"]["image_size"]
+            )
+            model = probe_model(spec)
+        except EntryError as error:
+            raise ValueError(f"config error in models.{name}.{error.key}: {error}") from None
+        except ValueError as error:  # e.g. model_kwargs that no input size can be read from
+            raise ValueError(f"config error in models.{name}: {error}") from None
+        key = f"models.{name}.layers" if entry.get("layers") else "layers"
+        label = f"model {name!r} ({spec.arch})"
+        try:
+            check_model_layers(
+                model, model_layers(name), label, input_size(spec), entry.get("prefix_tokens")
+            )
         except ValueError as error:
             raise ValueError(f"config error in {key}: {error}") from None
 
@@ -137,11 +150,29 @@ def split_source(wildcards):
 
 
 def model_weights(wildcards):
-    """Checkpoint of a model: trained here, or the local file config names."""
+    """Weights of a model: trained here, the local file config names, or for a factory that
+    initialises its module itself, the factory's file (so that editing it reruns the jobs)."""
     entry = model_entry(wildcards.model)
-    if entry["arch"] == TRAINED_ARCH:
+    if is_trained(wildcards.model):
         return f"results/{wildcards.model}/model.pt"
+    if "weights" not in entry and entry.get("factory"):
+        return factory_path(wildcards.model)
     return entry["weights"]
+
+
+def factory_path(name):
+    """The Python file of a model's factory (as configured, or the module's file), else None."""
+    from unitablation.model_sources import factory_file
+
+    target = model_entry(name).get("factory")
+    return factory_file(target) if target else None
+
+
+def factory_input(wildcards):
+    """The factory file of a model that has one, as a named input of every job that builds
+    the model (so editing the file reruns them; its kwargs travel in params)."""
+    path = factory_path(wildcards.model)
+    return {"factory": path} if path else {}
 
 
 def class_list_path(name):
@@ -209,15 +240,15 @@ def gpu_count(wildcards):
 
 @functools.cache
 def units_per_layer(name):
-    """Units of every studied layer of a model, known from config alone (meta-device pass)."""
-    from unitablation.models import ModelSpec, input_size, layer_channels
+    """Units of every studied layer of a model (channels, features or token features), known
+    from config alone (its layer layouts, on the meta device where the source allows)."""
+    from unitablation.models import ModelSpec, layer_units
 
     entry = model_entry(name)
     spec = ModelSpec.from_config(
         entry, num_classes=2, image_size=config["world"]["image_size"]
     )
-    side = input_size(spec, (entry.get("preprocess") or {}).get("crop"))
-    return layer_channels(spec, model_layers(name), side)
+    return layer_units(spec, model_layers(name), entry.get("prefix_tokens"))
 
 
 def shard_count(model, layer):

@@ -15,7 +15,7 @@ from tqdm import tqdm  # noqa: E402
 
 from unitablation.ablation import AblationEngine, check_baseline, compare_baseline  # noqa: E402
 from unitablation.devices import use_full_float32  # noqa: E402
-from unitablation.images import ImageFolderSet, default_preprocess  # noqa: E402
+from unitablation.images import ImageFolderSet, model_preprocess  # noqa: E402
 from unitablation.lease import gpu_lease  # noqa: E402
 from unitablation.logs import logged_to, progress_options  # noqa: E402
 from unitablation.models import load_configured_model  # noqa: E402
@@ -75,7 +75,7 @@ def main(
             file=sys.stderr,
         )
         if engine.needs_images:
-            preprocess = default_preprocess(model_entry["arch"], model_entry.get("preprocess"))
+            preprocess = model_preprocess(model_entry)
             batches = DataLoader(
                 ImageFolderSet(images_dir, preprocess), batch_size=ablation["batch_size"]
             )

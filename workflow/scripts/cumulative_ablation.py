@@ -14,7 +14,7 @@ from tqdm import tqdm  # noqa: E402
 
 from unitablation.cumulative import cumulative_ablation, powers_of_two  # noqa: E402
 from unitablation.devices import use_full_float32  # noqa: E402
-from unitablation.images import ImageFolderSet, default_preprocess  # noqa: E402
+from unitablation.images import ImageFolderSet, model_preprocess  # noqa: E402
 from unitablation.lease import gpu_lease  # noqa: E402
 from unitablation.logs import logged_to, progress_options  # noqa: E402
 from unitablation.models import load_configured_model  # noqa: E402
@@ -47,7 +47,7 @@ def main(
         def batches(needs_images: bool):
             """A fresh stream of (inputs, labels) over the eval set in store order."""
             if needs_images:
-                preprocess = default_preprocess(model_entry["arch"], model_entry.get("preprocess"))
+                preprocess = model_preprocess(model_entry)
                 return DataLoader(ImageFolderSet(images_dir, preprocess), batch_size=batch_size)
             return (
                 (torch.from_numpy(maps), torch.from_numpy(labels[start : start + len(maps)]))

@@ -17,9 +17,10 @@ from unitablation.broden import read_broden  # noqa: E402
 from unitablation.class_lists import read_class_list  # noqa: E402
 from unitablation.devices import use_full_float32  # noqa: E402
 from unitablation.extraction import extract_activations  # noqa: E402
-from unitablation.images import FileListSet, ImageFolderSet, default_preprocess  # noqa: E402
+from unitablation.images import FileListSet, ImageFolderSet, model_preprocess  # noqa: E402
 from unitablation.lease import gpu_lease  # noqa: E402
 from unitablation.logs import logged_to, progress_options  # noqa: E402
+from unitablation.model_sources import describe_source  # noqa: E402
 from unitablation.models import check_layers, file_sha256, load_configured_model  # noqa: E402
 
 
@@ -48,7 +49,11 @@ def main(
     with gpu_lease(device_name) as lease:
         print(f"device: {lease.description}", file=sys.stderr)
         device = lease.device
-        preprocess = default_preprocess(model_entry["arch"], model_entry.get("preprocess"))
+        preprocess = model_preprocess(model_entry)
+        print(
+            f"model: {describe_source(model_entry)}; preprocess: {preprocess.describe()}",
+            file=sys.stderr,
+        )
         listed = None
         if class_list:  # messages name the config key as well as the file
             listed = read_class_list(class_list)
@@ -71,7 +76,7 @@ def main(
                 f"{'class list ' + listed.source if listed else 'checkpoint ' + str(weights)} "
                 f"expects {expected[:5]}... ({len(expected)} classes, output order)"
             )
-        check_layers(spec, layers, model_name)
+        check_layers(spec, layers, model_name, prefix_tokens=model_entry.get("prefix_tokens"))
         loader = DataLoader(
             dataset, batch_size=activations["batch_size"], shuffle=False, num_workers=0
         )

@@ -12,7 +12,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from unitablation.devices import use_full_float32  # noqa: E402
-from unitablation.images import ImageFolderSet, default_preprocess, stack_dataset  # noqa: E402
+from unitablation.images import ImageFolderSet, model_preprocess, stack_dataset  # noqa: E402
 from unitablation.lease import gpu_lease  # noqa: E402
 from unitablation.logs import logged_to  # noqa: E402
 from unitablation.models import ModelSpec, build_model, save_checkpoint  # noqa: E402
@@ -36,9 +36,7 @@ def main(
     with gpu_lease(device_name) as lease:
         print(f"device: {lease.description}", file=sys.stderr)
         device = lease.device
-        dataset = ImageFolderSet(
-            images_dir, default_preprocess(model_entry["arch"], model_entry.get("preprocess"))
-        )
+        dataset = ImageFolderSet(images_dir, model_preprocess(model_entry))
         images, labels = stack_dataset(dataset)
         spec = ModelSpec.from_config(model_entry, len(dataset.classes), images.shape[-1])
         print(

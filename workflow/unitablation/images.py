@@ -13,6 +13,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .recipes import INTERPOLATIONS, source_recipe
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp")
 
 
@@ -24,6 +26,13 @@ class Preprocess:
     crop: int | None = None
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.25, 0.25, 0.25)
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(
+                f"preprocess interpolation {self.interpolation!r} is not one of {INTERPOLATIONS}"
+            )
 
     @classmethod
     def from_config(cls, entry: Mapping[str, Any] | None) -> Preprocess:
@@ -34,11 +43,25 @@ class Preprocess:
             crop=entry.get("crop"),
             mean=tuple(entry.get("mean", cls.mean)),
             std=tuple(entry.get("std", cls.std)),
+            interpolation=str(entry.get("interpolation", cls.interpolation)),
         )
 
     def to_json(self) -> str:
-        """Stable JSON form, stored as provenance in HDF5 files."""
-        return json.dumps(asdict(self), sort_keys=True)
+        """Stable JSON form, stored as provenance in HDF5 files (bilinear, the filter every
+        earlier store used, is left implicit so that their provenance stays byte-identical)."""
+        fields = asdict(self)
+        if fields["interpolation"] == "bilinear":
+            del fields["interpolation"]
+        return json.dumps(fields, sort_keys=True)
+
+    def describe(self) -> str:
+        """One line for logs: resize, crop, mean, std and filter."""
+        mean = ", ".join(f"{value:g}" for value in self.mean)
+        std = ", ".join(f"{value:g}" for value in self.std)
+        return (
+            f"resize {self.resize or 'none'}, crop {self.crop or 'none'}, mean ({mean}), "
+            f"std ({std}), {self.interpolation}"
+        )
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         """Turn a PIL image into a normalised float tensor (3, H, W)."""
@@ -47,7 +70,7 @@ class Preprocess:
             width, height = image.size
             scale = self.resize / min(width, height)
             size = (max(1, round(width * scale)), max(1, round(height * scale)))
-            image = image.resize(size, Image.Resampling.BILINEAR)
+            image = image.resize(size, Image.Resampling[self.interpolation.upper()])
         if self.crop:
             width, height = image.size
             left = (width - self.crop) // 2
@@ -59,21 +82,23 @@ class Preprocess:
         return (pixels - mean) / std
 
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+def model_preprocess(entry: Mapping[str, Any]) -> Preprocess:
+    """Preprocessing of a `models.<name>` entry: its source's recipe, overridden key by key by
+    the entry's `preprocess` block (recipes.source_recipe says what each source knows)."""
+    return Preprocess.from_config({**source_recipe(entry), **dict(entry.get("preprocess") or {})})
 
 
 def default_preprocess(arch: str, entry: Mapping[str, Any] | None = None) -> Preprocess:
-    """Preprocessing for `arch`, overridden by a config `preprocess` block.
+    """Preprocessing for an `arch` string and an optional `preprocess` block (model_preprocess
+    for an entry that has no other keys)."""
+    return model_preprocess({"arch": arch, "preprocess": entry})
 
-    The miniature models see the world's images as they are; torchvision models get the
-    usual ImageNet recipe (resize 256, centre crop 224, ImageNet mean and std).
-    """
-    if arch == "tinyalex":
-        base: dict[str, Any] = {}
-    else:
-        base = {"resize": 256, "crop": 224, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
-    return Preprocess.from_config({**base, **dict(entry or {})})
+
+def model_input_size(entry: Mapping[str, Any], image_size: int) -> int:
+    """Side of the square network input: the preprocessing's crop (or resize), else the entry's
+    `image_size`, else `image_size` (the world's images, seen as they are)."""
+    preprocess = model_preprocess(entry)
+    return int(preprocess.crop or preprocess.resize or entry.get("image_size") or image_size)
 
 
 class ImageFolderSet(Dataset):

@@ -1,11 +1,12 @@
-"""Model family: the trainable miniature AlexNet, and torchvision nets from local weights."""
+"""Model family: the trainable miniature AlexNet, and networks of any source (torchvision,
+timm, the user's factory) with weights from a local file."""
 
 from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,28 +14,19 @@ import torch
 from torch import nn
 
 from .class_lists import ClassList, model_class_names
+from .images import model_input_size
+from .layouts import Layout, layer_layouts
+from .model_sources import TINY_ARCH, EntryError, Source, build_source, entry_source, parse_arch
 from .store import atomic_path
+from .weights import Checkpoint, read_checkpoint, read_weights
 
-TINY_ARCH = "tinyalex"
-
-#: torchvision architectures the pipeline can build; weights come from a local file.
-TORCHVISION_ARCHS = (
-    "alexnet",
-    "vgg11",
-    "vgg16",
-    "vgg16_bn",
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "resnet101",
-    "densenet161",
-    "googlenet",
-)
+__all__ = ["TINY_ARCH", "Checkpoint", "read_checkpoint"]  # re-exported for callers of models
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What to build: an architecture name plus the knobs of the trainable family."""
+    """What to build: a source (`arch`), the builder's kwargs, the knobs of the trainable
+    family, and the side of the square network input."""
 
     arch: str
     num_classes: int
@@ -43,19 +35,32 @@ class ModelSpec:
     widths: tuple[int, ...] = (24, 48, 64, 64, 64)
     hidden: int = 256
     image_size: int = 64
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    side: int | None = None
 
     @classmethod
     def from_config(cls, entry: Mapping[str, Any], num_classes: int, image_size: int) -> ModelSpec:
         """Build a spec from one `models.<name>` config entry."""
+        source = entry_source(entry)
+        size = int(entry.get("image_size") or image_size)
         return cls(
-            arch=entry["arch"],
-            num_classes=int(entry.get("num_classes") or num_classes),
+            arch=source.arch(),
+            num_classes=int(
+                entry.get("num_classes") or source.kwargs.get("num_classes") or num_classes
+            ),
             batchnorm=bool(entry.get("batchnorm", False)),
             dropout=float(entry.get("dropout", 0.0)),
             widths=tuple(entry.get("widths", cls.widths)),
             hidden=int(entry.get("hidden", cls.hidden)),
-            image_size=int(entry.get("image_size") or image_size),
+            image_size=size,
+            kwargs=dict(source.kwargs),
+            side=model_input_size(entry, size),
         )
+
+    def source(self) -> Source:
+        """The source this spec builds from."""
+        kind, name = parse_arch(self.arch)
+        return Source(kind, name, dict(self.kwargs))
 
 
 class TinyAlex(nn.Module):
@@ -127,7 +132,7 @@ class TinyAlex(nn.Module):
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
-    """Instantiate the architecture of `spec` with freshly initialised weights."""
+    """Instantiate the network of `spec` with freshly initialised weights (never a download)."""
     if spec.arch == TINY_ARCH:
         return TinyAlex(
             spec.num_classes,
@@ -137,14 +142,7 @@ def build_model(spec: ModelSpec) -> nn.Module:
             spec.hidden,
             spec.image_size,
         )
-    if spec.arch in TORCHVISION_ARCHS:
-        import torchvision
-
-        constructor = getattr(torchvision.models, spec.arch)
-        extra = {"aux_logits": False, "init_weights": False} if spec.arch == "googlenet" else {}
-        return constructor(weights=None, num_classes=spec.num_classes, **extra)
-    known = ", ".join((TINY_ARCH, *TORCHVISION_ARCHS))
-    raise ValueError(f"unknown architecture {spec.arch!r}; known: {known}")
+    return build_source(spec.source(), spec.num_classes)
 
 
 def layer_names(model: nn.Module) -> list[str]:
@@ -152,36 +150,87 @@ def layer_names(model: nn.Module) -> list[str]:
     return [name for name, _ in model.named_modules() if name]
 
 
+def source_key(spec: ModelSpec) -> str:
+    """The entry key a build failure concerns: the factory, the builder kwargs, or the arch."""
+    if spec.source().kind == "factory":
+        return "factory"
+    return "model_kwargs" if spec.kwargs else "arch"
+
+
+def probe_model(spec: ModelSpec) -> nn.Module:
+    """The network of `spec` for shape checks: on the meta device (no memory, no arithmetic)
+    when it builds and runs there, else on the CPU; EntryError when it cannot be built."""
+    side = input_size(spec)
+    try:
+        with torch.device("meta"):
+            model = build_model(spec)
+        module_calls(model, side)
+        return model
+    except Exception:  # some sources need real tensors: try again on the CPU
+        pass
+    try:
+        return build_model(spec)
+    except EntryError:
+        raise
+    except Exception as error:  # a builder or a user's factory may raise anything
+        raise EntryError(source_key(spec), f"cannot build {spec.arch}: {error}") from error
+
+
 def check_layers(
-    spec: ModelSpec, layers: Sequence[str], model_name: str, side: int | None = None
-) -> None:
-    """Fail with the list of valid module paths if any configured layer does not exist, and
-    name the enclosing block of a layer called more than once per forward (no single output)."""
-    with torch.device("meta"):
-        model = build_model(spec)
+    spec: ModelSpec,
+    layers: Sequence[str],
+    model_name: str,
+    side: int | None = None,
+    prefix_tokens: int | None = None,
+) -> dict[str, Layout]:
+    """Layouts of the configured layers; ValueError listing the valid module paths if a layer
+    does not exist, naming the enclosing block of a layer called more than once per forward,
+    or naming the layer and its output shape when its layout cannot be interpreted."""
+    if side:
+        spec = replace(spec, side=side)
+    return check_model_layers(
+        probe_model(spec),
+        layers,
+        f"model {model_name!r} ({spec.arch})",
+        input_size(spec),
+        prefix_tokens,
+    )
+
+
+def check_model_layers(
+    model: nn.Module,
+    layers: Sequence[str],
+    label: str,
+    side: int,
+    prefix_tokens: int | None = None,
+) -> dict[str, Layout]:
+    """check_layers on a built model (`label` names it in messages)."""
     valid = layer_names(model)
     missing = [layer for layer in layers if layer not in valid]
     if missing:
         raise ValueError(
-            f"model {model_name!r} ({spec.arch}) has no layer(s) {missing}; "
-            f"valid module paths are: {', '.join(valid)}"
+            f"{label} has no layer(s) {missing}; valid module paths are: {', '.join(valid)}"
         )
     if len(set(layers)) != len(layers):
-        raise ValueError(f"model {model_name!r}: layers listed twice in {list(layers)}")
-    calls = module_calls(model, side or input_size(spec))
+        raise ValueError(f"{label}: layers listed twice in {list(layers)}")
+    calls = module_calls(model, side)
     for layer in layers:
         if calls[layer] == 0:
             raise ValueError(
-                f"model {model_name!r} ({spec.arch}): layer {layer} is never called in a "
-                "forward pass, so it has no output to study"
+                f"{label}: layer {layer} is never called in a forward pass, so it has no output "
+                "to study"
             )
         if calls[layer] > 1:
             raise ValueError(
-                f"model {model_name!r} ({spec.arch}): layer {layer} is called {calls[layer]} "
-                "times in one forward pass, so it has no single output to ablate (a hook would "
-                "replace the unit at every call, the store would keep only the last); "
-                f"study the block that encloses it instead: {enclosing_block(layer, calls)}"
+                f"{label}: layer {layer} is called {calls[layer]} times in one forward pass, so "
+                "it has no single output to ablate (a hook would replace the unit at every "
+                "call, the store would keep only the last); study the block that encloses it "
+                f"instead: {enclosing_block(layer, calls)}"
             )
+    try:
+        return layer_layouts(model, layers, side, prefix_tokens)
+    except ValueError as error:
+        raise ValueError(f"{label}: {error}") from None
 
 
 def module_calls(model: nn.Module, side: int) -> dict[str, int]:
@@ -219,28 +268,24 @@ def enclosing_block(layer: str, calls: Mapping[str, int]) -> str:
 
 
 def input_size(spec: ModelSpec, crop: int | None = None) -> int:
-    """Side of the square network input: the world's image size, else the crop (224 default)."""
-    return spec.image_size if spec.arch == TINY_ARCH else int(crop or 224)
+    """Side of the square network input: `crop`, else the spec's side (from its entry's
+    preprocessing), else the world's image size for tinyalex and 224 for other sources."""
+    if crop:
+        return int(crop)
+    if spec.side:
+        return spec.side
+    return spec.image_size if spec.arch == TINY_ARCH else 224
 
 
-def layer_channels(spec: ModelSpec, layers: Sequence[str], side: int) -> dict[str, int]:
-    """Output channels (units) of each layer, from a forward pass on the meta device (no memory)."""
-    with torch.device("meta"):
-        model = build_model(spec).eval()
-        modules = dict(model.named_modules())
-        channels: dict[str, int] = {}
-        handles = [
-            modules[layer].register_forward_hook(
-                lambda _m, _i, output, layer=layer: channels.__setitem__(layer, output.shape[1])
-            )
-            for layer in layers
-        ]
-        try:
-            model(torch.empty(1, 3, side, side))
-        finally:
-            for handle in handles:
-                handle.remove()
-    return channels
+def layer_units(
+    spec: ModelSpec, layers: Sequence[str], prefix_tokens: int | None = None
+) -> dict[str, int]:
+    """Units of each layer (channels, features or token features), from its layout on a
+    network built on the meta device when it can be (no memory)."""
+    layouts = check_model_layers(
+        probe_model(spec), layers, f"model ({spec.arch})", input_size(spec), prefix_tokens
+    )
+    return {layer: layout.units for layer, layout in layouts.items()}
 
 
 def file_sha256(path: str | Path) -> str:
@@ -252,43 +297,6 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-@dataclass(frozen=True)
-class Checkpoint:
-    """Weights as a state dict, plus the class names when the checkpoint records them."""
-
-    state_dict: dict[str, torch.Tensor]
-    classes: list[str] | None = None
-
-    def num_classes(self) -> int:
-        """Width of the classifier: the last 2-D weight in the state dict."""
-        matrices = [
-            value
-            for key, value in self.state_dict.items()
-            if key.endswith("weight") and value.dim() == 2
-        ]
-        if not matrices:
-            raise ValueError("checkpoint has no fully connected layer to read the classes from")
-        return int(matrices[-1].shape[0])
-
-
-def read_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a state dict or a {'state_dict': ..., 'classes': ...} checkpoint, on the CPU."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a corrupt file
-        raise ValueError(f"cannot read checkpoint {path}: {error}") from error
-    classes = None
-    if isinstance(payload, dict) and "state_dict" in payload:
-        classes = payload.get("classes")
-        payload = payload["state_dict"]
-    if not isinstance(payload, dict) or not all(
-        isinstance(value, torch.Tensor) for value in payload.values()
-    ):
-        raise ValueError(f"checkpoint {path} does not hold a state dict of tensors")
-    state = {key.removeprefix("module."): value for key, value in payload.items()}
-    return Checkpoint(state, list(classes) if classes is not None else None)
-
-
 def save_checkpoint(path: str | Path, model: nn.Module, classes: Sequence[str]) -> None:
     """Write weights and class names atomically (temporary name, then rename)."""
     state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
@@ -296,16 +304,72 @@ def save_checkpoint(path: str | Path, model: nn.Module, classes: Sequence[str]) 
         torch.save({"state_dict": state, "classes": list(classes)}, temporary)
 
 
+#: The config key that allows a pickled whole model, as error messages name it.
+TRUST_KEY = "models.<name>.trust_pickle"
+
+
+def load_state(model: nn.Module, checkpoint: Checkpoint, arch: str, source: str | Path) -> None:
+    """Load a state dict strictly; ValueError naming the file and the architecture."""
+    try:
+        model.load_state_dict(checkpoint.state_dict, strict=True)
+    except RuntimeError as error:
+        raise ValueError(f"checkpoint {source} does not fit {arch}: {error}") from error
+
+
 def load_model(
     spec: ModelSpec, checkpoint: Checkpoint, device: torch.device, source: str | Path
 ) -> nn.Module:
     """Build `spec`, load the checkpoint strictly, move to `device` and switch to eval mode."""
     model = build_model(spec)
-    try:
-        model.load_state_dict(checkpoint.state_dict, strict=True)
-    except RuntimeError as error:
-        raise ValueError(f"checkpoint {source} does not fit {spec.arch}: {error}") from error
+    load_state(model, checkpoint, spec.arch, source)
     return model.to(device).eval()
+
+
+def classifier_width(spec: ModelSpec, state: Mapping[str, torch.Tensor], source: str) -> int:
+    """Classes of a torchvision or timm checkpoint: the rows of the weights whose shape follows
+    the builder's num_classes (found by building twice on the meta device)."""
+    with torch.device("meta"):
+        seven = build_model(replace(spec, num_classes=7)).state_dict()
+        eleven = build_model(replace(spec, num_classes=11)).state_dict()
+    keys = [
+        key
+        for key, value in seven.items()
+        if value.dim() and value.shape[0] == 7 and eleven[key].shape[0] == 11
+    ]
+    found = [key for key in keys if key in state and state[key].dim()]
+    if not found:
+        raise ValueError(
+            f"checkpoint {source} has no classifier weights of {spec.arch} ({keys[:2]}) to read "
+            "the number of classes from; set models.<name>.num_classes"
+        )
+    return int(state[found[-1]].shape[0])
+
+
+def checkpoint_width(
+    spec: ModelSpec, entry: Mapping[str, Any], checkpoint: Checkpoint, source: str
+) -> int:
+    """Classes of a built-in source's checkpoint: tinyalex's last linear layer; else the
+    configured num_classes, the classes it records, or its classifier weights."""
+    if spec.arch == TINY_ARCH:
+        return checkpoint.num_classes()
+    stated = entry.get("num_classes") or spec.kwargs.get("num_classes")
+    if stated:
+        return int(stated)
+    if checkpoint.classes is not None:
+        return len(checkpoint.classes)
+    return classifier_width(spec, checkpoint.state_dict, source)
+
+
+def output_width(model: nn.Module, side: int) -> int:
+    """Classes of a built model: the width of its output on one side x side image."""
+    parameter = next(iter(model.parameters()), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    with torch.no_grad():
+        output = model.eval()(torch.zeros(1, 3, side, side, device=device))
+    if not isinstance(output, torch.Tensor) or output.dim() != 2:
+        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise ValueError(f"the model's output must be class logits (N, K), got {shape}")
+    return int(output.shape[1])
 
 
 def load_configured_model(
@@ -315,16 +379,32 @@ def load_configured_model(
     classes_hint: Sequence[str] | None = None,
     class_list: ClassList | None = None,
 ) -> tuple[nn.Module, ModelSpec, list[str]]:
-    """Model, spec and class names from a `models.<name>` config entry and its checkpoint.
+    """Model, spec and class names from a `models.<name>` config entry and its weights.
 
-    Class names come from the checkpoint when it records them, else the entry's `class_list`,
-    else `classes_hint` (the eval split's class folders, or the store written from them), else
-    "0".."K-1"; all but the last must name exactly the classifier's outputs (class_lists).
+    A factory without `weights` comes initialised from the factory (`weights` is then its
+    file, not read). A pickled whole model is used as it is (`trust_pickle` only). The number
+    of classes: tinyalex's checkpoint; a torchvision or timm entry's num_classes, else the
+    classes its checkpoint records, else its classifier weights; a factory's or a whole
+    model's output width. Class names come from the checkpoint when it records them, else the
+    entry's `class_list`, else `classes_hint` (the eval split's class folders, or the store
+    written from them), else "0".."K-1"; all but the last must name exactly the classifier's
+    outputs (class_lists).
     """
-    checkpoint = read_checkpoint(weights)
-    classes = model_class_names(
-        checkpoint.num_classes(), checkpoint.classes, class_list, classes_hint, str(weights)
-    )
-    entry = {**entry, "num_classes": entry.get("num_classes") or len(classes)}
-    spec = ModelSpec.from_config(entry, len(classes), int(entry.get("image_size") or 224))
-    return load_model(spec, checkpoint, device, weights), spec, classes
+    image_size = int(entry.get("image_size") or 224)
+    spec = ModelSpec.from_config(entry, 2, image_size)
+    kind = entry_source(entry).kind
+    loaded = None
+    if kind != "factory" or entry.get("weights"):
+        loaded = read_weights(weights, bool(entry.get("trust_pickle")), TRUST_KEY)
+    recorded = loaded.classes if isinstance(loaded, Checkpoint) else None
+    if isinstance(loaded, Checkpoint) and kind != "factory":
+        width = checkpoint_width(spec, entry, loaded, str(weights))
+        model = load_model(replace(spec, num_classes=width), loaded, device, weights)
+    else:
+        model = loaded if isinstance(loaded, nn.Module) else build_model(spec)
+        if isinstance(loaded, Checkpoint):
+            load_state(model, loaded, spec.arch, weights)
+        model = model.to(device).eval()
+        width = output_width(model, input_size(spec))
+    classes = model_class_names(width, recorded, class_list, classes_hint, str(weights))
+    return model, replace(spec, num_classes=width), classes
