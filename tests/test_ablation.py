@@ -10,6 +10,7 @@ from torch import nn
 
 from unitablation.ablation import AblationEngine
 from unitablation.models import TINY_ARCH, ModelSpec, build_model
+from unitablation.replacement import single_groups
 
 TIE_MARGIN = 1e-5
 
@@ -334,7 +335,7 @@ def test_alexnet_conv5_run_matches_the_slow_path_after_its_baseline() -> None:
     engine.baseline_logits(maps)
     evaluate = engine._evaluator(maps)
     evaluate(None)  # the baseline of a chunk, then its units, as `run` evaluates them
-    fast = evaluate(torch.tensor([1, 50, 200, 255]))
+    fast = evaluate(single_groups(np.array([1, 50, 200, 255]), 4)[0])
     for row, unit in enumerate([1, 50, 200, 255]):
         slow = hooked_logits(model, "features.11", images, unit)
         torch.testing.assert_close(fast[row], slow, rtol=1e-4, atol=1e-4)

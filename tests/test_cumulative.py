@@ -10,9 +10,9 @@ import torch
 import torchvision
 from torch import nn
 
+from unitablation.ablation import AblationEngine
 from unitablation.cumulative import (
     TABLE_COLUMNS,
-    SetAblation,
     class_rankings,
     cumulative_ablation,
     powers_of_two,
@@ -73,19 +73,19 @@ def margin(logits: torch.Tensor) -> torch.Tensor:
 
 
 def compare_sets(model, layer, images, sets, method="auto", values=None, rotation=None):
-    """Predictions of SetAblation vs the slow path for every (set, image); returns the method."""
+    """Set logits of the engine vs the slow path for every (set, image); returns the method."""
     model.eval()
-    evaluator = SetAblation(
+    evaluator = AblationEngine(
         model,
         layer,
         CPU,
         replacement=values,
         rotation=rotation,
         method=method,
-        sets_per_call=3,
+        units_per_call=3,
     )
     inputs = images if evaluator.needs_images else layer_output(model, layer, images)
-    fast = evaluator.logits(inputs, sets)
+    fast = evaluator.set_logits(inputs, sets)
     assert fast.shape[:2] == (len(sets), len(images))
     for row, units in enumerate(sets):
         slow = hooked_set_logits(model, layer, images, units, values, rotation)
@@ -152,7 +152,7 @@ def test_layer_inside_a_residual_block_falls_back_to_the_hook() -> None:
     images = torch.randn(2, 3, 64, 64)
     sets = [[0, 5], list(range(0, 256, 2))]
     assert compare_sets(model, "layer3.0.conv1", images, sets) == "hook"
-    assert SetAblation(model, "layer3.0.conv1", CPU).needs_images
+    assert AblationEngine(model, "layer3.0.conv1", CPU).needs_images
 
 
 @pytest.mark.parametrize("rotated", [False, True])
@@ -176,12 +176,14 @@ def test_rotated_sets_remove_the_directions() -> None:
         assert compare_sets(model, layer, images, TINY_SETS, "auto", rotation=rotation) == "suffix"
         compare_sets(model, layer, images, TINY_SETS, "hook", rotation=rotation)
     with pytest.raises(ValueError, match="no linear shortcut"):
-        SetAblation(model, "features.relu5", CPU, rotation=rotation, method="linear")
+        AblationEngine(model, "features.relu5", CPU, rotation=rotation, method="linear")
     # Removing every direction of a rotation leaves nothing: the all-zero layer output.
     maps = layer_output(model, "features.relu5", images)
-    evaluator = SetAblation(model, "features.relu5", CPU, rotation=rotation)
+    evaluator = AblationEngine(model, "features.relu5", CPU, rotation=rotation)
     zero = hooked_set_logits(model, "features.relu5", images, range(8))
-    torch.testing.assert_close(evaluator.logits(maps, [range(8)])[0], zero, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        evaluator.set_logits(maps, [range(8)])[0], zero, atol=1e-5, rtol=1e-5
+    )
 
 
 def test_rotated_sets_resnet_layer4() -> None:
@@ -204,11 +206,11 @@ def test_run_counts_per_class_and_streams_batches() -> None:
     maps = layer_output(model, "features.relu5", images)
     sets = [[1], [4, 6], [0, 2, 3, 5, 7], [7], list(range(8)), [2, 5], [6]]
     for method in ("linear", "suffix"):
-        evaluator = SetAblation(
-            model, "features.relu5", CPU, method=method, sets_per_call=3, memory_budget_bytes=4000
+        evaluator = AblationEngine(
+            model, "features.relu5", CPU, method=method, units_per_call=3, memory_budget_bytes=4000
         )
         batches = [(maps[:4], labels[:4]), (maps[4:7], labels[4:7]), (maps[7:], labels[7:])]
-        counts = evaluator.run(batches, sets, num_classes=4)
+        counts = evaluator.run_sets(batches, sets, num_classes=4)
         assert counts.class_sizes.tolist() == torch.bincount(labels, minlength=4).tolist()
         for row, units in enumerate(sets):
             slow = hooked_set_logits(model, "features.relu5", images, units)
@@ -221,7 +223,7 @@ def test_run_counts_per_class_and_streams_batches() -> None:
         assert counts.baseline_correct.tolist() == expected.tolist()
         assert counts.near_ties.shape == (len(sets),) and counts.method == method
     with pytest.raises(ValueError, match="out of range"):
-        evaluator.logits(maps, [[8]])
+        evaluator.set_logits(maps, [[8]])
 
 
 def test_ranking_split_is_stratified_and_seeded() -> None:
@@ -361,7 +363,7 @@ def test_cumulative_table_against_the_slow_path(trained) -> None:
     table = result.table
     assert list(table.columns) == list(TABLE_COLUMNS)
     assert len(table) == 4 * 4 * 2 and sorted(set(table["k"])) == [1, 2, 4, 8]
-    assert result.ranking_method == "linear" and result.measure_method == "linear"
+    assert result.method == "linear"
     mask = ranking_split(labels.numpy(), 0.5, 3)
     ranking, measure = torch.from_numpy(mask), torch.from_numpy(~mask)
     # Single-unit class drops on the ranking split, by the hook.
@@ -475,7 +477,7 @@ def test_hook_path_takes_images_and_skips_classes_without_images(trained) -> Non
         ks=[2, 8],
         method="hook",
     )
-    assert result.ranking_method == "hook" and result.measure_method == "hook"
+    assert result.method == "hook"
     assert result.skipped_classes == ["d", "e"]  # one image (goes to ranking), no images
     assert sorted(set(result.table["class"])) == ["a", "b", "c"]
     reference = cumulative_ablation(
@@ -487,6 +489,6 @@ def test_hook_path_takes_images_and_skips_classes_without_images(trained) -> Non
         classes,
         ks=[2, 8],
     )
-    assert reference.measure_method == "linear"
+    assert reference.method == "linear"
     columns = ["class", "k", "selection", "units", "class_accuracy", "overall_accuracy"]
     pd.testing.assert_frame_equal(result.table[columns], reference.table[columns])

@@ -73,7 +73,7 @@ def main(
             progress=lambda items, stage: tqdm(items, total=total, **progress_options(stage)),
         )
     print(
-        f"ranking by {result.ranking_method}, sets by {result.measure_method}; "
+        f"ranking and sets by {result.method}; "
         f"classes skipped (no ranking or measure images): {result.skipped_classes or 'none'}",
         file=sys.stderr,
     )

@@ -1,18 +1,25 @@
-"""The ablation engine: every unit of a layer removed in turn, over a whole eval set, exactly.
+"""The ablation engine: units, or sets of units, of a layer removed over a whole eval set, exactly.
 
-Three ways to get the logits with unit u ablated, fastest first, all exact up to float rounding:
+One engine ablates unit sets; single-unit ablation is the case of sets of one, with its own fast
+path (an index write per copy rather than a set mask; in a rotated basis one direction's dot
+product rather than the full rotation). `run` ablates single units (the shards' drops),
+`run_sets` whole sets at once (cumulative ablation); `logits` and `set_logits` return one batch's
+ablated logits. Three routes, fastest first, all exact up to float rounding (`routes.py`):
 
 - `linear` (shortcut): when only element/channel-wise ops stand between the layer and the first
-  Linear or Conv2d op L, ablating u changes L's output by u's own contribution. All units'
-  contributions cost one pass of L (a grouped convolution or one einsum); the rest of the network
-  (the tail) is replayed from L's output. With no tail (a linear head such as avgpool + fc) the
-  ablated logits are exact in closed form.
+  Linear or Conv2d op L, ablating u changes L's output by u's own contribution (a set's: the sum
+  of its units'). All units' contributions cost one pass of L (a grouped convolution or one
+  einsum); the rest of the network (the tail) is replayed from L's output. With no tail (a linear
+  head such as avgpool + fc) the ablated logits are exact in closed form. Unit basis of
+  channel-first layouts (conv, linear) only.
 - `suffix`: replay the network after the layer (split with torch.fx) on the stored layer output
-  with the unit's channel replaced, many (unit, image) pairs per call.
+  with the units replaced, many (entry, image) pairs per call.
 - `hook`: models fx cannot cut: a full forward of the images with a hook that replaces the
-  channel (slow, exact, needs the images rather than stored maps).
+  units (slow, exact, needs the images rather than stored outputs).
 
-The replacement is zero (README "Definitions") or, in `mean` mode, each unit's mean activation.
+A unit is an index along `unit_dim` of the raw layer output: 1 for conv (N, C, H, W) and linear
+(N, C), 2 for tokens (N, L, C), where it is replaced at every token (`replacement.py`). The
+replacement is zero (README "Definitions") or, in `mean` mode, each unit's mean activation.
 
 Each chunk's unablated logits come from the same route as its ablated ones, so drops and gross
 losses (`lost`: correct -> wrong) never mix two computations; `compare_baseline` checks that
@@ -28,11 +35,25 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import fx, nn
+from torch import nn
 
-from .suffix import Head, NotACutPoint, explain_head, has_inplace_ops, split_suffix
+from .replacement import (
+    UnitGroup,
+    group_mask,
+    replace,
+    replacement_values,
+    set_groups,
+    single_groups,
+)
+from .routes import (
+    METHODS,
+    channel_contributions,
+    choose_route,
+    copies_input,
+    single_call_forward,
+)
 
-METHODS = ("auto", "linear", "suffix", "hook")
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -110,94 +131,68 @@ def check_baseline(agreement: BaselineAgreement, model: str, layer: str, source:
         )
 
 
-def channel_contributions(head: Head, features: torch.Tensor, channels: int) -> torch.Tensor:
-    """Each input channel's share of the linear op's output (bias excluded).
+@dataclass
+class SetCounts:
+    """Per unit set and class, what the network still gets right with the whole set ablated."""
 
-    features: the `pre` output, (B, C, h, w) for a conv op or (B, C*s) for a linear op.
-    Returns (B, C, O) for a linear op or (B, C, O, ho, wo) for a conv op; summed over C plus the
-    bias it is the op's output.
-    """
-    linear = head.linear
-    batch = features.shape[0]
-    if isinstance(linear, nn.Linear):
-        if features.dim() != 2 or features.shape[1] % channels:
-            raise ValueError(f"linear op input {tuple(features.shape)} has no {channels} blocks")
-        block = features.shape[1] // channels
-        weight = linear.weight.view(linear.out_features, channels, block)
-        return torch.einsum("bcs,ocs->bco", features.view(batch, channels, block), weight)
-    if linear.padding_mode != "zeros":
-        raise ValueError("conv shortcut needs zero padding")
-    out_channels = linear.out_channels
-    weight = linear.weight.transpose(0, 1).reshape(channels * out_channels, 1, *linear.kernel_size)
-    shares = F.conv2d(
-        features, weight, None, linear.stride, linear.padding, linear.dilation, groups=channels
-    )
-    return shares.view(batch, channels, out_channels, *shares.shape[2:])
+    correct: np.ndarray  # (S, K) images of class k predicted k with set s ablated
+    near_ties: np.ndarray  # (S,) images whose top-2 logits differ by < tie_margin
+    baseline_correct: np.ndarray  # (K,) the same count without ablation, through the same path
+    class_sizes: np.ndarray  # (K,) images per class
+    method: str
+
+    def take(self, rows: Sequence[int]) -> SetCounts:
+        """The counts of the given sets (rows may repeat)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return SetCounts(
+            correct=self.correct[rows],
+            near_ties=self.near_ties[rows],
+            baseline_correct=self.baseline_correct,
+            class_sizes=self.class_sizes,
+            method=self.method,
+        )
 
 
 @dataclass
-class Route:
-    """How ablated logits are computed: the method, and the fx suffix and head it uses."""
+class _Tally:
+    """Running per-entry and per-class sums of one `run`, kept on the device."""
 
-    method: str
-    suffix: nn.Module | None
-    head: Head | None
-    why_not_faster: str
+    correct: torch.Tensor  # (E, K)
+    prob_sum: torch.Tensor  # (E, K)
+    near_ties: torch.Tensor  # (E,)
+    lost: torch.Tensor  # (E, K)
+    base_correct: torch.Tensor  # (K,)
+    base_prob: torch.Tensor  # (K,)
+    sizes: torch.Tensor  # (K,)
+    predictions: list[torch.Tensor]
 
-
-def choose_route(
-    model: nn.Module, layer: str, device: torch.device, method: str, rotated: bool
-) -> Route:
-    """Resolve `auto` to the fastest exact method (linear, suffix, hook) and build its parts.
-
-    Rotated directions mix channels, so they never take the linear shortcut; a requested method
-    that cannot work raises instead of silently falling back.
-    """
-    if rotated and method == "linear":
-        raise ValueError("rotated directions mix channels: no linear shortcut; use suffix")
-    suffix, head, why_not_faster = None, None, ""
-    why_not_linear = "no single linear op after it"
-    if method != "hook":
-        try:
-            suffix = split_suffix(model, layer).to(device)
-            if method in ("auto", "linear") and not rotated:
-                head, why_not_linear = explain_head(suffix)
-        except NotACutPoint as error:
-            if method != "auto":
-                raise
-            why_not_faster = str(error)
-    if method == "linear" and head is None:
-        raise ValueError(f"layer {layer}: no linear shortcut ({why_not_linear})")
-    if method == "auto":
-        method = "linear" if head else "suffix" if suffix is not None else "hook"
-    if suffix is not None:
-        suffix = protect_inputs(suffix)
-    if head is not None:
-        tail = None if head.tail is None else protect_inputs(head.tail)
-        head = Head(pre=protect_inputs(head.pre), linear=head.linear, tail=tail)
-    return Route(method, suffix, head, why_not_faster)
+    @classmethod
+    def zeros(cls, entries: int, num_classes: int, device: torch.device) -> _Tally:
+        """Empty sums for `entries` ablations and `num_classes` classes."""
+        options = {"dtype": torch.float64, "device": device}
+        return cls(
+            correct=torch.zeros(entries, num_classes, **options),
+            prob_sum=torch.zeros(entries, num_classes, **options),
+            near_ties=torch.zeros(entries, dtype=torch.int64, device=device),
+            lost=torch.zeros(entries, num_classes, **options),
+            base_correct=torch.zeros(num_classes, **options),
+            base_prob=torch.zeros(num_classes, **options),
+            sizes=torch.zeros(num_classes, **options),
+            predictions=[],
+        )
 
 
-class _CopyingInput(nn.Module):
-    """Runs a module on a copy of its input, so in-place ops in it never touch the caller's."""
-
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        self.module = module
-
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The wrapped module's output for a copy of `inputs`."""
-        return self.module(inputs.clone())
-
-
-def protect_inputs(module: fx.GraphModule) -> nn.Module:
-    """`module` itself, or a copying wrapper when it holds in-place ops (ReLU(inplace=True)
-    right after the layer would otherwise rectify the stored maps that later ablations read)."""
-    return _CopyingInput(module) if has_inplace_ops(module) else module
+def _as_counts(values: torch.Tensor) -> np.ndarray:
+    """Float64 sums of 0/1 indicators as exact integers."""
+    return np.rint(values.cpu().numpy()).astype(np.int64)
 
 
 class AblationEngine:
-    """Ablates units of one layer of one model; see the module docstring for the methods."""
+    """Ablates units, or sets of units, of one layer of one model; see the module docstring.
+
+    `units_per_call` entries (single units or sets) are evaluated per call; `unit_dim` is the
+    axis of the units in the raw layer output (1 conv/linear, 2 tokens).
+    """
 
     def __init__(
         self,
@@ -210,9 +205,12 @@ class AblationEngine:
         tie_margin: float = 1e-5,
         memory_budget_bytes: int = 1 << 28,
         rotation: torch.Tensor | None = None,
+        unit_dim: int = 1,
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"unknown ablation method {method!r}; expected one of {METHODS}")
+        if isinstance(unit_dim, bool) or not isinstance(unit_dim, int) or unit_dim < 1:
+            raise ValueError(f"layer {layer}: unit_dim must be an axis >= 1, got {unit_dim!r}")
         self.model = model.to(device).eval()
         self.layer = layer
         self.device = device
@@ -221,131 +219,163 @@ class AblationEngine:
         self.units_per_call = max(1, units_per_call)
         self.tie_margin = tie_margin
         self.memory_budget_bytes = memory_budget_bytes
-        route = choose_route(self.model, layer, device, method, rotated=self.rotation is not None)
+        self.unit_dim = unit_dim
+        route = choose_route(
+            self.model, layer, device, method, rotated=rotation is not None, unit_dim=unit_dim
+        )
         self.suffix, self.head, self.why_not_faster = route.suffix, route.head, route.why_not_faster
+        self.why_not_linear = route.why_not_linear
         self.method = route.method
 
     @property
     def needs_images(self) -> bool:
-        """Whether `run` must be fed input images (hook method) rather than stored layer maps."""
+        """Whether `run` must be fed input images (hook method) rather than stored layer outputs."""
         return self.method == "hook"
 
     def describe(self) -> str:
-        """One line for the job log: which method and why."""
+        """One line for the job log: which method and why not a faster one."""
         if self.method == "linear":
             kind = "closed form (linear head)" if self.head.tail is None else "linear shortcut"
             return f"{kind} into {type(self.head.linear).__name__}"
         if self.method == "suffix":
             rotated = " of rotated directions" if self.rotation is not None else ""
-            return f"suffix replay{rotated} (torch.fx)"
+            return f"suffix replay{rotated} (torch.fx; no linear shortcut: {self.why_not_linear})"
         return f"full forward with a replacing hook ({self.why_not_faster or 'requested'})"
-
-    def _replacement_for(self, channels: int, like: torch.Tensor) -> torch.Tensor:
-        if self.replacement is None:
-            return torch.zeros(channels, dtype=like.dtype, device=like.device)
-        if self.replacement.shape != (channels,):
-            raise ValueError(
-                f"replacement has shape {tuple(self.replacement.shape)}, "
-                f"layer has {channels} channels"
-            )
-        return self.replacement.to(like.device, like.dtype)
 
     @torch.no_grad()
     def run(
         self,
-        batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+        batches: Batches,
         units: Sequence[int],
         num_classes: int,
         progress: Callable[[Iterable], Iterable] | None = None,
     ) -> AblationCounts:
-        """Ablate each of `units` over all (inputs, labels) batches; inputs are layer maps, or
-        images when `needs_images`."""
+        """Ablate each of `units` in turn over all (inputs, labels) batches; inputs are raw
+        layer outputs, or images when `needs_images`."""
         units = np.asarray(list(units), dtype=np.int64)
-        count = len(units)
-        # Accumulate on the device: only the (U, K) counts ever travel back.
-        zeros = {"dtype": torch.float64, "device": self.device}
-        correct = torch.zeros(count, num_classes, **zeros)
-        prob_sum = torch.zeros(count, num_classes, **zeros)
-        near_ties = torch.zeros(count, dtype=torch.int64, device=self.device)
-        lost = torch.zeros(count, num_classes, **zeros)
-        base_correct = torch.zeros(num_classes, **zeros)
-        base_prob = torch.zeros(num_classes, **zeros)
-        sizes = torch.zeros(num_classes, **zeros)
-        predictions = []
-        groups = [units[i : i + self.units_per_call] for i in range(0, count, self.units_per_call)]
-        for inputs, labels in progress(batches) if progress else batches:
-            inputs = inputs.to(self.device, torch.float32)
-            labels = labels.to(self.device, torch.int64)
-            one_hot = F.one_hot(labels, num_classes).to(torch.float64)
-            sizes += one_hot.sum(0)
-            step = self._image_chunk(inputs)
-            for start in range(0, len(inputs), step):
-                chunk = inputs[start : start + step]
-                hot = one_hot[start : start + len(chunk)]
-                target = labels[start : start + len(chunk)]
-                evaluate = self._evaluator(chunk)
-                baseline = evaluate(None)
-                predictions.append(baseline.argmax(-1).cpu())
-                base_hit, prob, _ = self._score(baseline[None], target)
-                base_correct += base_hit[0] @ hot
-                base_prob += prob[0] @ hot
-                offset = 0
-                for group in groups:
-                    padded = np.concatenate(
-                        [group, np.repeat(group[-1:], self.units_per_call - len(group))]
-                    )
-                    logits = evaluate(torch.from_numpy(padded))[: len(group)]
-                    hit, prob, ties = self._score(logits, target)
-                    rows = slice(offset, offset + len(group))
-                    correct[rows] += hit @ hot
-                    prob_sum[rows] += prob @ hot
-                    near_ties[rows] += ties
-                    lost[rows] += (base_hit * (1.0 - hit)) @ hot
-                    offset += len(group)
+        groups = single_groups(units, self.units_per_call)
+        tally = self._tally(batches, groups, len(units), num_classes, progress)
+        predictions = (
+            torch.cat(tally.predictions).numpy().astype(np.int64)
+            if tally.predictions
+            else np.zeros(0, dtype=np.int64)
+        )
         return AblationCounts(
             units=units,
-            correct=np.rint(correct.cpu().numpy()).astype(np.int64),
-            prob_sum=prob_sum.cpu().numpy(),
-            near_ties=near_ties.cpu().numpy(),
-            lost=np.rint(lost.cpu().numpy()).astype(np.int64),
-            baseline_correct=np.rint(base_correct.cpu().numpy()).astype(np.int64),
-            baseline_prob_sum=base_prob.cpu().numpy(),
-            baseline_predictions=torch.cat(predictions).numpy().astype(np.int64)
-            if predictions
-            else np.zeros(0, dtype=np.int64),
-            class_sizes=np.rint(sizes.cpu().numpy()).astype(np.int64),
+            correct=_as_counts(tally.correct),
+            prob_sum=tally.prob_sum.cpu().numpy(),
+            near_ties=tally.near_ties.cpu().numpy(),
+            lost=_as_counts(tally.lost),
+            baseline_correct=_as_counts(tally.base_correct),
+            baseline_prob_sum=tally.base_prob.cpu().numpy(),
+            baseline_predictions=predictions,
+            class_sizes=_as_counts(tally.sizes),
+            method=self.method,
+        )
+
+    @torch.no_grad()
+    def run_sets(
+        self,
+        batches: Batches,
+        unit_sets: Sequence[Sequence[int]],
+        num_classes: int,
+        progress: Callable[[Iterable], Iterable] | None = None,
+    ) -> SetCounts:
+        """Ablate each set of `unit_sets` (all its units at once) over all (inputs, labels)
+        batches; inputs are raw layer outputs, or images when `needs_images`."""
+        groups = set_groups(unit_sets, self.units_per_call, self.device)
+        tally = self._tally(batches, groups, len(unit_sets), num_classes, progress)
+        return SetCounts(
+            correct=_as_counts(tally.correct),
+            near_ties=tally.near_ties.cpu().numpy(),
+            baseline_correct=_as_counts(tally.base_correct),
+            class_sizes=_as_counts(tally.sizes),
             method=self.method,
         )
 
     @torch.no_grad()
     def logits(self, inputs: torch.Tensor, units: Sequence[int]) -> torch.Tensor:
         """Logits (U, B, K) of one batch with each of `units` ablated in turn (for tests, tools)."""
-        inputs = inputs.to(self.device, torch.float32)
-        evaluate = self._evaluator(inputs)
         units = np.asarray(list(units), dtype=np.int64)
-        outputs = []
-        for start in range(0, len(units), self.units_per_call):
-            group = units[start : start + self.units_per_call]
-            padded = np.concatenate(
-                [group, np.repeat(group[-1:], self.units_per_call - len(group))]
-            )
-            outputs.append(evaluate(torch.from_numpy(padded))[: len(group)].float().cpu())
-        return torch.cat(outputs)
+        return self._group_logits(inputs, single_groups(units, self.units_per_call))
+
+    @torch.no_grad()
+    def set_logits(self, inputs: torch.Tensor, unit_sets: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Logits (S, B, K) of one batch with each set ablated in turn (for tests, tools)."""
+        return self._group_logits(inputs, set_groups(unit_sets, self.units_per_call, self.device))
 
     @torch.no_grad()
     def baseline_logits(self, inputs: torch.Tensor) -> torch.Tensor:
         """Logits (B, K) of one batch without ablation, through the same path as `logits`."""
         return self._evaluator(inputs.to(self.device, torch.float32))(None).float().cpu()
 
-    def _image_chunk(self, inputs: torch.Tensor) -> int:
+    def _group_logits(self, inputs: torch.Tensor, groups: list[UnitGroup]) -> torch.Tensor:
+        """Logits (E, B, K) of one batch, one row per real entry of `groups`."""
+        evaluate = self._evaluator(inputs.to(self.device, torch.float32))
+        if not groups:
+            return evaluate(None)[None, :0].float().cpu()
+        return torch.cat([evaluate(group)[: group.count].float().cpu() for group in groups])
+
+    def _tally(
+        self,
+        batches: Batches,
+        groups: list[UnitGroup],
+        entries: int,
+        num_classes: int,
+        progress: Callable[[Iterable], Iterable] | None,
+    ) -> _Tally:
+        """Sum correct predictions, probabilities, ties and losses of every entry over batches."""
+        # Accumulate on the device: only the (E, K) counts ever travel back.
+        tally = _Tally.zeros(entries, num_classes, self.device)
+        sets = bool(groups) and groups[0].is_sets
+        for inputs, labels in progress(batches) if progress else batches:
+            inputs = inputs.to(self.device, torch.float32)
+            labels = labels.to(self.device, torch.int64)
+            one_hot = F.one_hot(labels, num_classes).to(torch.float64)
+            tally.sizes += one_hot.sum(0)
+            step = self._image_chunk(inputs, sets)
+            for start in range(0, len(inputs), step):
+                chunk = inputs[start : start + step]
+                hot = one_hot[start : start + len(chunk)]
+                target = labels[start : start + len(chunk)]
+                self._tally_chunk(tally, self._evaluator(chunk), groups, hot, target)
+        return tally
+
+    def _tally_chunk(
+        self,
+        tally: _Tally,
+        evaluate: Callable[[UnitGroup | None], torch.Tensor],
+        groups: list[UnitGroup],
+        hot: torch.Tensor,
+        target: torch.Tensor,
+    ) -> None:
+        """Add one chunk of images: its same-path baseline, then every group's ablations."""
+        baseline = evaluate(None)
+        tally.predictions.append(baseline.argmax(-1).cpu())
+        base_hit, prob, _ = self._score(baseline[None], target)
+        tally.base_correct += base_hit[0] @ hot
+        tally.base_prob += prob[0] @ hot
+        offset = 0
+        for group in groups:
+            hit, prob, ties = self._score(evaluate(group)[: group.count], target)
+            rows = slice(offset, offset + group.count)
+            tally.correct[rows] += hit @ hot
+            tally.prob_sum[rows] += prob @ hot
+            tally.near_ties[rows] += ties
+            tally.lost[rows] += (base_hit * (1.0 - hit)) @ hot
+            offset += group.count
+
+    def _image_chunk(self, inputs: torch.Tensor, sets: bool) -> int:
         """Images per evaluation so that a call's tensors stay within the memory budget."""
-        if self.method == "linear":  # channel shares plus one ablated output per unit
+        if self.method == "linear":  # channel shares (sets: and their changes), one output each
             outputs = self.head.linear.weight.shape[0]
             positions = inputs[0, 0].numel() if isinstance(self.head.linear, nn.Conv2d) else 1
             channels = inputs.shape[1]
-            per_image = 4 * outputs * positions * (channels + self.units_per_call)
-        else:  # one copy of the layer output per unit (two when the suffix copies its input)
-            copies = 2 if isinstance(self.suffix, _CopyingInput) else 1
+            shares = 2 * channels if sets else channels
+            per_image = 4 * outputs * positions * (shares + self.units_per_call)
+        else:  # one copy of the layer output per entry, plus the copies the replacement makes
+            copies = 2 if copies_input(self.suffix) else 1
+            copies += int(sets and self.rotation is not None) + int(self.unit_dim != 1)
             per_image = inputs[0].numel() * 4 * self.units_per_call * copies
         return int(max(1, min(len(inputs), self.memory_budget_bytes // max(1, per_image))))
 
@@ -365,117 +395,81 @@ class AblationEngine:
             ties = torch.zeros(logits.shape[0], dtype=torch.int64, device=logits.device)
         return hit, prob, ties
 
-    def _evaluator(self, inputs: torch.Tensor) -> Callable[[torch.Tensor | None], torch.Tensor]:
+    def _evaluator(self, inputs: torch.Tensor) -> Callable[[UnitGroup | None], torch.Tensor]:
         """A function from a unit group (None = no ablation) to logits (G, B, K) for `inputs`."""
         if self.method == "linear":
             return self._linear_evaluator(inputs)
         if self.method == "suffix":
-            return self._replay_evaluator(inputs, self.suffix)
+            return self._replay_evaluator(inputs)
         return self._hook_evaluator(inputs)
 
-    def _replace(self, maps: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
-        """(B, C, ...) maps -> (G, B, C, ...) copies with unit group[g] replaced in copy g.
+    def _replace(self, outputs: torch.Tensor, group: UnitGroup) -> torch.Tensor:
+        """(B, ...) raw layer output -> (G, B, ...) copies with entry g ablated in copy g."""
+        return replace(outputs, group, self.replacement, self.rotation, self.unit_dim)
 
-        In a rotated basis, unit j is the direction r_j: a' = a - r_j (z_j - v_j) with
-        z_j = r_j . a and v_j the replacement (0, or the mean of z_j).
-        """
-        if self.rotation is not None:
-            return self._replace_direction(maps, group)
-        channels = maps.shape[1]
-        values = self._replacement_for(channels, maps)
-        copies = maps.unsqueeze(0).repeat(len(group), *([1] * maps.dim()))
-        index = torch.arange(len(group), device=maps.device)
-        group = group.to(maps.device)
-        copies[index, :, group] = values[group].view(-1, 1, *([1] * (maps.dim() - 2)))
-        return copies
+    def _replay_evaluator(self, outputs: torch.Tensor) -> Callable:
+        """Suffix replay on the stored layer output, all of a group's copies in one call."""
+        suffix = self.suffix
 
-    def _replace_direction(self, maps: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
-        directions = self.rotation[group.to(self.rotation.device)].to(maps.dtype)  # (G, C)
-        values = self._replacement_for(maps.shape[1], maps)[group.to(maps.device)]
-        coordinates = torch.einsum("gc,bc...->gb...", directions, maps)  # (G, B, ...)
-        shift = coordinates - values.view(-1, *([1] * (coordinates.dim() - 1)))
-        spread = directions.view(
-            *directions.shape[:1], 1, directions.shape[1], *([1] * (maps.dim() - 2))
-        )
-        return maps.unsqueeze(0) - spread * shift.unsqueeze(2)
-
-    def _replay_evaluator(self, maps: torch.Tensor, suffix: nn.Module) -> Callable:
-        def evaluate(group: torch.Tensor | None) -> torch.Tensor:
+        def evaluate(group: UnitGroup | None) -> torch.Tensor:
             if group is None:
-                return suffix(maps)
-            copies = self._replace(maps, group)
-            logits = suffix(copies.flatten(0, 1))
-            return logits.view(len(group), len(maps), -1)
+                return suffix(outputs)
+            logits = suffix(self._replace(outputs, group).flatten(0, 1))
+            return logits.view(group.size, len(outputs), -1)
 
         return evaluate
 
     def _linear_evaluator(self, maps: torch.Tensor) -> Callable:
+        """The linear shortcut: the first linear op's output minus the ablated channels' shares."""
         head = self.head
         channels = maps.shape[1]
         features = head.pre(maps)
         output = head.linear(features)
         shares = channel_contributions(head, features, channels)
-        filled = self._replacement_for(channels, maps).view(1, channels, *([1] * (maps.dim() - 2)))
+        filled = replacement_values(self.replacement, channels, maps)
+        filled = filled.view(1, channels, *([1] * (maps.dim() - 2)))
         replaced_shares = channel_contributions(
             head, head.pre(filled.expand(1, *maps.shape[1:]).contiguous()), channels
         )
+        cached: dict[str, torch.Tensor] = {}
 
-        def evaluate(group: torch.Tensor | None) -> torch.Tensor:
+        def removed_by_sets(group: UnitGroup) -> torch.Tensor:
+            """(G, B, O, ...): what ablating each set takes away from the linear op's output."""
+            if "change" not in cached:  # (B, C, O, ...): each channel's share, less its filler's
+                cached["change"] = shares - replaced_shares
+            mask = group_mask(group, channels, maps.device).to(shares.dtype)
+            return torch.einsum("gc,bc...->gb...", mask, cached["change"])
+
+        def evaluate(group: UnitGroup | None) -> torch.Tensor:
             if group is None:
                 return output if head.tail is None else head.tail(output)
-            group = group.to(maps.device)
-            delta = shares.index_select(1, group) - replaced_shares.index_select(1, group)
-            ablated = output.unsqueeze(0) - delta.transpose(0, 1)  # (G, B, O, ...)
+            if group.is_sets:
+                ablated = output.unsqueeze(0) - removed_by_sets(group)
+            else:
+                units = group.units.to(maps.device)
+                delta = shares.index_select(1, units) - replaced_shares.index_select(1, units)
+                ablated = output.unsqueeze(0) - delta.transpose(0, 1)  # (G, B, O, ...)
             if head.tail is None:
                 return ablated
             logits = head.tail(ablated.flatten(0, 1))
-            return logits.view(len(group), len(maps), -1)
+            return logits.view(group.size, len(maps), -1)
 
         return evaluate
 
     def _hook_evaluator(self, images: torch.Tensor) -> Callable:
+        """Full forwards of the images, repeated per entry, with a hook replacing the units."""
         module = dict(self.model.named_modules())[self.layer]
 
-        def evaluate(group: torch.Tensor | None) -> torch.Tensor:
+        def evaluate(group: UnitGroup | None) -> torch.Tensor:
             if group is None:
                 return single_call_forward(self.model, module, self.layer, images)
 
-            def replace(_module: nn.Module, _inputs: object, output: torch.Tensor):
-                maps = output.view(len(group), len(images), *output.shape[1:])[0]
-                return self._replace(maps, group).flatten(0, 1)
+            def replace_units(_module: nn.Module, _inputs: object, output: torch.Tensor):
+                outputs = output.view(group.size, len(images), *output.shape[1:])[0]
+                return self._replace(outputs, group).flatten(0, 1)
 
-            repeated = images.repeat(len(group), *([1] * (images.dim() - 1)))
-            logits = single_call_forward(self.model, module, self.layer, repeated, replace)
-            return logits.view(len(group), len(images), -1)
+            repeated = images.repeat(group.size, *([1] * (images.dim() - 1)))
+            logits = single_call_forward(self.model, module, self.layer, repeated, replace_units)
+            return logits.view(group.size, len(images), -1)
 
         return evaluate
-
-
-def single_call_forward(
-    model: nn.Module,
-    module: nn.Module,
-    layer: str,
-    inputs: torch.Tensor,
-    hook: Callable | None = None,
-) -> torch.Tensor:
-    """`model(inputs)` with `hook` on `module`, refusing a module called more than once.
-
-    A module reused within one forward (torchvision ResNet's `layer4.1.relu`) has no single
-    output: a hook would replace the unit at every call while the store keeps only the last.
-    """
-    calls = []
-
-    def counted(hooked: nn.Module, hook_inputs: object, output: torch.Tensor):
-        calls.append(1)
-        if len(calls) > 1:
-            raise ValueError(
-                f"layer {layer} is called more than once in one forward pass, so it has no "
-                "single output to ablate; study the block that encloses it instead"
-            )
-        return None if hook is None else hook(hooked, hook_inputs, output)
-
-    handle = module.register_forward_hook(counted)
-    try:
-        return model(inputs)
-    finally:
-        handle.remove()

@@ -47,33 +47,73 @@ def _layer_node(graph: fx.Graph, layer: str) -> fx.Node:
     return nodes[0]
 
 
+def _has_default(node: fx.Node) -> bool:
+    """Whether `node` is a forward() argument with a default value (timm's `attn_mask=None`).
+
+    Such an argument is not the image: replaying the suffix with its default is what a plain
+    `model(images)` does, so the suffix keeps it as an argument with the same default.
+    """
+    return node.op == "placeholder" and len(node.args) > 0
+
+
+class _SuffixGraph:
+    """The graph being built for a cut: nodes copied from the traced graph, keyed by original."""
+
+    def __init__(self, start: fx.Node) -> None:
+        self.graph = fx.Graph()
+        self.last_placeholder = self.graph.placeholder("activation")
+        self.mapping: dict[fx.Node, fx.Node] = {start: self.last_placeholder}
+
+    def copy(self, node: fx.Node) -> fx.Node:
+        """Copy `node` (its inputs already copied); placeholders stay ahead of other nodes."""
+        if node.op != "placeholder":
+            self.mapping[node] = self.graph.node_copy(node, lambda n: self.mapping[n])
+            return self.mapping[node]
+        with self.graph.inserting_after(self.last_placeholder):
+            self.last_placeholder = self.graph.node_copy(node, lambda n: self.mapping[n])
+        self.mapping[node] = self.last_placeholder
+        return self.last_placeholder
+
+    def copy_constant(self, node: fx.Node) -> None:
+        """Copy a node that does not depend on the image, with whatever it reads, in order."""
+        for arg in node.all_input_nodes:
+            if arg not in self.mapping:
+                self.copy_constant(arg)
+        self.copy(node)
+
+
 def _cut(graph_module: fx.GraphModule, start: fx.Node) -> fx.GraphModule:
-    """A module computing the graph's output from `start`'s value alone, or NotACutPoint."""
+    """A module computing the graph's output from `start`'s value alone, or NotACutPoint.
+
+    Arguments of the model's forward() that have a default value are not inputs computed
+    before the layer: the suffix keeps them (as arguments with the same default).
+    """
     graph = graph_module.graph
     order = list(graph.nodes)
     position = order.index(start)
     depends_on_input = set()
     for node in order:
-        if node.op == "placeholder" or any(arg in depends_on_input for arg in node.all_input_nodes):
+        image_input = node.op == "placeholder" and not _has_default(node)
+        if image_input or any(arg in depends_on_input for arg in node.all_input_nodes):
             depends_on_input.add(node)
     downstream = {start}
     for node in order[position + 1 :]:
         if any(arg in downstream for arg in node.all_input_nodes):
             downstream.add(node)
-    new_graph = fx.Graph()
-    mapping: dict[fx.Node, fx.Node] = {start: new_graph.placeholder("activation")}
+    built = _SuffixGraph(start)
     for node in order[position + 1 :]:
         if node not in downstream and node.op != "output":
             continue
         for arg in node.all_input_nodes:
-            if arg in mapping:
+            if arg in built.mapping:
                 continue
             if arg in depends_on_input:
                 raise NotACutPoint(
                     f"{node.name} after the layer also reads {arg.name}, computed before it"
                 )
-            mapping[arg] = new_graph.node_copy(arg, lambda n: mapping[n])
-        mapping[node] = new_graph.node_copy(node, lambda n: mapping[n])
+            built.copy_constant(arg)
+        built.copy(node)
+    new_graph = built.graph
     new_graph.lint()
     suffix = fx.GraphModule(graph_module, new_graph)
     suffix.eval()
