@@ -210,12 +210,22 @@ def load_factory(target: str) -> Callable[..., Any]:
 
 def bind_kwargs(function: Callable[..., Any], kwargs: Mapping[str, Any], target: str) -> None:
     """ValueError when `kwargs` do not fit the factory's signature (unknown or missing)."""
+    signature = inspect.signature(function)
     try:
-        inspect.signature(function).bind(**kwargs)
+        signature.bind(**kwargs)
     except TypeError as error:
-        signature = inspect.signature(function)
+        names = [
+            name
+            for name, parameter in signature.parameters.items()
+            if parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+        ]
+        open_ended = any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values())
+        unknown = [] if open_ended else [key for key in kwargs if key not in names]
+        hints = "".join(
+            f"; {key!r} is no argument (closest: {closest(key, names)})" for key in unknown
+        )
         raise ValueError(
-            f"kwargs {dict(kwargs)} do not fit factory {target}{signature}: {error}"
+            f"kwargs {dict(kwargs)} do not fit factory {target}{signature}: {error}{hints}"
         ) from None
 
 
