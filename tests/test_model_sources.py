@@ -77,6 +77,11 @@ def not_a_module(width: int = 2):
 
 def volumes() -> nn.Module:
     return VolumeNet()
+
+
+def needs_cpu() -> nn.Module:
+    width = int(torch.ones(4).sum().item())  # .item() has no value on the meta device
+    return TinyNet(width, 2)
 """
 
 
@@ -271,6 +276,21 @@ def test_a_factory_that_returns_no_module_is_refused(factory_path: Path) -> None
     with pytest.raises(EntryError, match="returned dict, not a torch.nn.Module") as err:
         probe_model(spec)
     assert err.value.key == "factory"
+
+
+def test_a_factory_that_cannot_run_on_meta_is_checked_on_the_cpu(factory_path: Path) -> None:
+    spec = ModelSpec.from_config({"factory": f"{factory_path}:needs_cpu", "input_size": 8}, 2, 64)
+    model = probe_model(spec)
+    assert next(model.parameters()).device.type == "cpu"
+    assert layer_units(spec, ["relu", "fc"]) == {"relu": 4, "fc": 2}
+
+
+def test_an_input_side_the_model_cannot_take_names_the_preprocessing() -> None:
+    entry = {"arch": "timm:vit_tiny_patch16_224", "model_kwargs": {"img_size": 32}}
+    spec = ModelSpec.from_config({**entry, "preprocess": {"crop": 48}}, 2, 64)
+    with pytest.raises(EntryError, match=r"cannot run on a 1 x 3 x 48 x 48 input") as err:
+        probe_model(spec)
+    assert err.value.key == "preprocess"
 
 
 def test_package_module_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

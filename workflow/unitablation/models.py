@@ -169,11 +169,21 @@ def probe_model(spec: ModelSpec) -> nn.Module:
     except Exception:  # some sources need real tensors: try again on the CPU
         pass
     try:
-        return build_model(spec)
+        model = build_model(spec)
     except EntryError:
         raise
     except Exception as error:  # a builder or a user's factory may raise anything
         raise EntryError(source_key(spec), f"cannot build {spec.arch}: {error}") from error
+    try:
+        module_calls(model, side)
+    except Exception as error:  # e.g. a ViT of a fixed input size given another crop
+        raise EntryError(
+            "preprocess",
+            f"{spec.arch} cannot run on a 1 x 3 x {side} x {side} input ({error}); the side is "
+            "the preprocessing's crop (preprocess.crop, else input_size for a factory or an "
+            "image size in model_kwargs, else the source's recipe)",
+        ) from error
+    return model
 
 
 def check_layers(
