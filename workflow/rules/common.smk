@@ -105,7 +105,7 @@ def check_config_layers():
     output layout that cannot be interpreted (naming its shape)."""
     try:
         from unitablation.model_sources import EntryError, check_entry
-        from unitablation.models import ModelSpec, check_model_layers, input_size, probe_model
+        from unitablation import models
     except ImportError as error:  # e.g. a Snakemake-only env with --sdm conda
         warnings.warn(
             f"cannot import the library to check layer names now ({error}); "
@@ -116,20 +116,18 @@ def check_config_layers():
         entry = model_entry(name)
         try:
             check_entry(entry)
-            spec = ModelSpec.from_config(
-                entry, num_classes=2, image_size=config["world"]["image_size"]
-            )
-            model = probe_model(spec)
+            spec = models.ModelSpec.from_config(entry, 2, config["world"]["image_size"])
+            model = models.probe_model(spec)
         except EntryError as error:
-            raise ValueError(f"config error in models.{name}.{error.key}: {error}") from None
-        except ValueError as error:  # e.g. model_kwargs that no input size can be read from
+            key = f"models.{name}.{error.key}"
+            raise ValueError(f"config error in {key}: {error}") from None
+        except ValueError as error:  # e.g. model_kwargs giving a non-square input
             raise ValueError(f"config error in models.{name}: {error}") from None
         key = f"models.{name}.layers" if entry.get("layers") else "layers"
         label = f"model {name!r} ({spec.arch})"
+        side, prefix = models.input_size(spec), entry.get("prefix_tokens")
         try:
-            check_model_layers(
-                model, model_layers(name), label, input_size(spec), entry.get("prefix_tokens")
-            )
+            models.check_model_layers(model, model_layers(name), label, side, prefix)
         except ValueError as error:
             raise ValueError(f"config error in {key}: {error}") from None
 
@@ -150,8 +148,8 @@ def split_source(wildcards):
 
 
 def model_weights(wildcards):
-    """Weights of a model: trained here, the local file config names, or for a factory that
-    initialises its module itself, the factory's file (so that editing it reruns the jobs)."""
+    """Weights of a model: trained here, the local file config names, or for a factory
+    that initialises its module itself, the factory's file (editing it reruns jobs)."""
     entry = model_entry(wildcards.model)
     if is_trained(wildcards.model):
         return f"results/{wildcards.model}/model.pt"
@@ -240,8 +238,8 @@ def gpu_count(wildcards):
 
 @functools.cache
 def units_per_layer(name):
-    """Units of every studied layer of a model (channels, features or token features), known
-    from config alone (its layer layouts, on the meta device where the source allows)."""
+    """Units of every studied layer of a model (channels, features or token features),
+    known from config alone (layer layouts, on the meta device where it can be)."""
     from unitablation.models import ModelSpec, layer_units
 
     entry = model_entry(name)

@@ -18,9 +18,8 @@ from .images import model_input_size
 from .layouts import Layout, layer_layouts
 from .model_sources import TINY_ARCH, EntryError, Source, build_source, entry_source, parse_arch
 from .store import atomic_path
-from .weights import Checkpoint, read_checkpoint, read_weights
-
-__all__ = ["TINY_ARCH", "Checkpoint", "read_checkpoint"]  # re-exported for callers of models
+from .weights import Checkpoint, read_weights
+from .weights import read_checkpoint as read_checkpoint  # re-exported: callers import it here
 
 
 @dataclass(frozen=True)
