@@ -25,9 +25,9 @@ from unitablation.store import ActivationStore  # noqa: E402
 
 
 def stored_batches(store: ActivationStore, layer: str, labels: np.ndarray, batch_size: int):
-    """Yield (maps, labels) tensors streamed from the activation store."""
-    for offset, maps in store.iter_maps(layer, batch_size):
-        yield torch.from_numpy(maps), torch.from_numpy(labels[offset : offset + len(maps)])
+    """Yield (raw layer outputs, labels) tensors streamed from the activation store."""
+    for offset, outputs in store.iter_outputs(layer, batch_size):
+        yield torch.from_numpy(outputs), torch.from_numpy(labels[offset : offset + len(outputs)])
 
 
 def main(
@@ -52,10 +52,12 @@ def main(
         print(f"device: {lease.description}", file=sys.stderr)
         model, _, classes = load_configured_model(model_entry, weights, lease.device, store.classes)
         labels = store.labels()
+        layout = store.layout(layer)
+        # a_u(x) per image (tokens: the mean over patch tokens), averaged over the eval set
         channel_means = torch.from_numpy(store.layer(layer)["mean"][:].mean(axis=0))
         rotation = None
         if seed is not None:
-            rotation = torch.from_numpy(haar_rotation(len(channel_means), seed)).float()
+            rotation = torch.from_numpy(haar_rotation(layout.units, seed)).float()
         replacement = None
         if ablation["mode"] == "mean":  # the mean of each unit's (or direction's) coordinate
             replacement = channel_means if rotation is None else rotation @ channel_means
@@ -68,10 +70,12 @@ def main(
             units_per_call=ablation["units_per_call"],
             tie_margin=ablation["tie_margin"],
             rotation=rotation,
+            unit_dim=layout.unit_dim,
         )
         print(
             f"{model_name} {layer} units {units[0]}..{units[-1]} ({len(units)}), "
-            f"{len(labels)} images, mode {ablation['mode']}: {engine.describe()}",
+            f"{len(labels)} images, {layout.describe()}, mode {ablation['mode']}: "
+            f"{engine.describe()}",
             file=sys.stderr,
         )
         if engine.needs_images:

@@ -41,6 +41,9 @@ def main(
         print(f"device: {lease.description}", file=sys.stderr)
         model, _, classes = load_configured_model(model_entry, weights, lease.device, store.classes)
         labels = store.labels()
+        layout = store.layout(layer)
+        print(f"layer {layer}: {layout.describe()}", file=sys.stderr)
+        # a_u(x) per image (tokens: the mean over patch tokens), averaged over the eval set
         channel_means = torch.from_numpy(store.layer(layer)["mean"][:].mean(axis=0))
         replacement = channel_means if cumulative["mode"] == "mean" else None
 
@@ -50,8 +53,8 @@ def main(
                 preprocess = model_preprocess(model_entry)
                 return DataLoader(ImageFolderSet(images_dir, preprocess), batch_size=batch_size)
             return (
-                (torch.from_numpy(maps), torch.from_numpy(labels[start : start + len(maps)]))
-                for start, maps in store.iter_maps(layer, batch_size)
+                (torch.from_numpy(raw), torch.from_numpy(labels[start : start + len(raw)]))
+                for start, raw in store.iter_outputs(layer, batch_size)
             )
 
         total = -(-len(labels) // batch_size)
@@ -65,12 +68,13 @@ def main(
             ranking_fraction=cumulative["ranking_fraction"],
             split_seed=seed,
             random_seed=seed,
-            ks=powers_of_two(len(channel_means), cumulative["max_k"]),
+            ks=powers_of_two(layout.units, cumulative["max_k"]),
             replacement=replacement,
             method=cumulative["method"],
             units_per_call=cumulative["units_per_call"],
             tie_margin=cumulative["tie_margin"],
             progress=lambda items, stage: tqdm(items, total=total, **progress_options(stage)),
+            unit_dim=layout.unit_dim,
         )
     print(
         f"ranking and sets by {result.method}; "
