@@ -75,6 +75,15 @@ def not_a_module(width: int = 2):
     return {"width": width}
 
 
+class Features(TinyNet):
+    def forward(self, x):
+        return {"features": self.relu(self.conv(x))}
+
+
+def no_logits() -> nn.Module:
+    return Features(4, 2)
+
+
 def volumes() -> nn.Module:
     return VolumeNet()
 
@@ -291,6 +300,13 @@ def test_an_input_side_the_model_cannot_take_names_the_preprocessing() -> None:
     with pytest.raises(EntryError, match=r"cannot run on a 1 x 3 x 48 x 48 input") as err:
         probe_model(spec)
     assert err.value.key == "preprocess"
+
+
+def test_a_model_whose_output_is_no_logits_is_refused(factory_path: Path) -> None:
+    spec = ModelSpec.from_config({"factory": f"{factory_path}:no_logits", "input_size": 8}, 2, 64)
+    with pytest.raises(EntryError, match=r"output must be class logits \(N, K\), got dict") as err:
+        probe_model(spec)
+    assert err.value.key == "factory"
 
 
 def test_package_module_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -163,7 +163,7 @@ def probe_model(spec: ModelSpec) -> nn.Module:
     try:
         with torch.device("meta"):
             model = build_model(spec)
-        module_calls(model, side)
+        logits_width(forward_once(model, side))
         return model
     except Exception:  # some sources need real tensors: try again on the CPU
         pass
@@ -174,7 +174,7 @@ def probe_model(spec: ModelSpec) -> nn.Module:
     except Exception as error:  # a builder or a user's factory may raise anything
         raise EntryError(source_key(spec), f"cannot build {spec.arch}: {error}") from error
     try:
-        module_calls(model, side)
+        output = forward_once(model, side)
     except Exception as error:  # e.g. a ViT of a fixed input size given another crop
         raise EntryError(
             "preprocess",
@@ -182,6 +182,10 @@ def probe_model(spec: ModelSpec) -> nn.Module:
             "the preprocessing's crop (preprocess.crop, else input_size for a factory or an "
             "image size in model_kwargs, else the source's recipe)",
         ) from error
+    try:
+        logits_width(output)
+    except ValueError as error:
+        raise EntryError(source_key(spec), f"{spec.arch}: {error}") from None
     return model
 
 
@@ -246,7 +250,6 @@ def module_calls(model: nn.Module, side: int) -> dict[str, int]:
     """How often each submodule runs in one forward pass of a 1 x 3 x side x side input (cheap
     on a model built on the meta device: no memory, no arithmetic)."""
     calls = {name: 0 for name in layer_names(model)}
-    device = next((p.device for p in model.parameters()), torch.device("meta"))
 
     def count(name: str) -> Callable[..., None]:
         return lambda *_: calls.__setitem__(name, calls[name] + 1)
@@ -256,8 +259,7 @@ def module_calls(model: nn.Module, side: int) -> dict[str, int]:
         module.register_forward_hook(count(name)) for name, module in model.named_modules() if name
     ]
     try:
-        with torch.no_grad():
-            model.eval()(torch.empty(1, 3, side, side, device=device))
+        forward_once(model, side)
     finally:
         model.train(was_training)
         for handle in handles:
@@ -369,16 +371,25 @@ def checkpoint_width(
     return classifier_width(spec, checkpoint.state_dict, source)
 
 
-def output_width(model: nn.Module, side: int) -> int:
-    """Classes of a built model: the width of its output on one side x side image."""
-    parameter = next(iter(model.parameters()), None)
-    device = parameter.device if parameter is not None else torch.device("cpu")
+def forward_once(model: nn.Module, side: int) -> Any:
+    """The model's output (eval mode, no grad) on one zero side x side image on its device."""
+    tensors = [*model.parameters(), *model.buffers()]
+    device = tensors[0].device if tensors else torch.device("cpu")
     with torch.no_grad():
-        output = model.eval()(torch.zeros(1, 3, side, side, device=device))
+        return model.eval()(torch.zeros(1, 3, side, side, device=device))
+
+
+def logits_width(output: Any) -> int:
+    """Classes of a model from its output; ValueError unless it is class logits (N, K)."""
     if not isinstance(output, torch.Tensor) or output.dim() != 2:
         shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
         raise ValueError(f"the model's output must be class logits (N, K), got {shape}")
     return int(output.shape[1])
+
+
+def output_width(model: nn.Module, side: int) -> int:
+    """Classes of a built model: the width of its output on one side x side image."""
+    return logits_width(forward_once(model, side))
 
 
 def load_configured_model(
