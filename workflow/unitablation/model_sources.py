@@ -31,6 +31,14 @@ TORCHVISION_EXTRA = {
 }
 
 
+class EntryError(ValueError):
+    """A model entry's problem, with the entry key it concerns (arch, factory, kwargs, ...)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
 @dataclass(frozen=True)
 class Source:
     """A model's origin: kind (tinyalex, torchvision, timm, factory), name, builder kwargs."""
@@ -178,14 +186,16 @@ def import_file(path: Path) -> ModuleType:
         raise ValueError(f"factory file {path} cannot be imported as Python")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses and pickling look classes up by module name
-    sys.path.insert(0, str(path.resolve().parent))
+    folder = str(path.resolve().parent)
+    sys.path.insert(0, folder)  # so that the file can import its neighbours
     try:
         spec.loader.exec_module(module)
     except Exception as error:
         sys.modules.pop(name, None)
         raise ValueError(f"factory file {path} fails on import: {error!r}") from error
     finally:
-        sys.path.remove(str(path.resolve().parent))
+        if folder in sys.path:
+            sys.path.remove(folder)
     return module
 
 
@@ -251,14 +261,6 @@ def build_source(source: Source, num_classes: int) -> nn.Module:
     if source.kind == "factory":
         return build_factory(source.name, kwargs)
     raise ValueError(f"source {source.kind!r} is built by models.build_model")
-
-
-class EntryError(ValueError):
-    """A model entry's problem, with the entry key it concerns (arch, factory, kwargs, ...)."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(message)
-        self.key = key
 
 
 def check_entry(entry: Mapping[str, Any]) -> None:

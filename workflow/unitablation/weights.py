@@ -107,7 +107,13 @@ def read_torch_file(path: str | Path, trust_pickle: bool, trust_key: str) -> Che
     try:
         payload = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except Exception as error:  # torch raises many types for a corrupt file
-        raise ValueError(f"cannot read checkpoint {path}: {error}") from error
+        hint = (
+            f" (if it holds pickled objects, e.g. a whole model, from a source you trust, set "
+            f"{trust_key}: true)"
+            if not trust_pickle and "Unsupported global" in str(error)
+            else ""
+        )
+        raise ValueError(f"cannot read checkpoint {path}: {error}{hint}") from error
     payload, classes = unwrap(payload)
     if isinstance(payload, nn.Module):
         return payload
