@@ -362,7 +362,7 @@ def test_a_pickled_whole_model_needs_trust_pickle(tmp_path: Path, zipped: bool) 
     message = (
         r"pickled Python objects .*runs code stored in the file.*models.<name>.trust_pickle"
         if zipped  # the legacy format cannot be inspected without unpickling: torch's refusal
-        else r"(?s)cannot read checkpoint .*Unsupported global.*set models.<name>.trust_pickle: true"
+        else r"(?s)cannot read checkpoint .*Unsupported global.*models.<name>.trust_pickle: true"
     )
     with pytest.raises(ValueError, match=message):
         load_configured_model(entry, path, CPU)
