@@ -120,7 +120,8 @@ def same_outputs(left: nn.Module, right: nn.Module, side: int) -> bool:
 # --- torchvision ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arch", ["mobilenet_v3_small", "efficientnet_b0"])
+#: squeezenet's classifier is a 1 x 1 conv: its width is found without a Linear layer.
+@pytest.mark.parametrize("arch", ["mobilenet_v3_small", "efficientnet_b0", "squeezenet1_1"])
 def test_torchvision_builders_outside_the_old_list_load_a_state_dict(
     tmp_path: Path, arch: str
 ) -> None:
