@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from unitablation.layouts import Layout, infer_layout, layer_layouts, model_prefix_tokens
+from unitablation.layer_probe import layer_layouts, model_prefix_tokens
+from unitablation.layouts import Layout, infer_layout
 
 
 def hand_maps(tokens: torch.Tensor, prefix: int, side: int) -> torch.Tensor:

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .layouts import Layout, infer_layout, model_prefix_tokens
+from .layer_probe import model_prefix_tokens
+from .layouts import Layout, infer_layout
 from .store import STORE_FORMAT, atomic_path
 
 #: Target bytes per HDF5 chunk of a maps dataset (chunks hold whole images).

@@ -15,7 +15,8 @@ from torch import nn
 
 from .class_lists import ClassList, model_class_names
 from .images import model_input_size
-from .layouts import Layout, layer_layouts
+from .layer_probe import layer_layouts
+from .layouts import Layout
 from .model_sources import TINY_ARCH, EntryError, Source, build_source, entry_source, parse_arch
 from .store import atomic_path
 from .weights import Checkpoint, read_weights
