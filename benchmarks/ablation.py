@@ -1,8 +1,9 @@
 """Ablation throughput: the engine against a naive full forward per unit and Captum, on CPU.
 
-For AlexNet conv5 (features.11, 256 units), VGG16 conv5_3 (features.29, 512 units) and
-ResNet-50 layer4 (2048 units) with random weights on random 224 x 224 images, measures
-(unit, image) evaluations per second of
+For AlexNet conv5 (features.11, 256 units), VGG16 conv5_3 (features.29, 512 units), ResNet-50
+layer4 (2048 units) and a vision transformer block, timm's vit_tiny_patch16_224 blocks.10 (the
+11th of 12 blocks, (N, 197, 192) tokens: a unit is a feature channel, ablated at every token),
+with random weights on random 224 x 224 images, measures (unit, image) evaluations per second of
 
 - the engine (unitablation.ablation.AblationEngine): its construction, its own activation
   extraction pass (one forward of the N images capturing the layer output with a hook) and
@@ -21,7 +22,7 @@ FLOPs), the machine's fp32 matmul GFLOP/s, and the engine's peak RSS at N and 8N
 JSON.
 
     python benchmarks/ablation.py [--images 16] [--naive-units 8] [--threads 2]
-        [--models alexnet vgg16 resnet50] [--json results/benchmarks/ablation.json]
+        [--models alexnet vgg16 resnet50 vit_tiny] [--json results/benchmarks/ablation.json]
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import timm
 import torch
 import torchvision
 from torch import nn
@@ -54,12 +56,15 @@ from unitablation.store import ActivationStore  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 1000
 IMAGE_SIZE = 224
-#: model name -> (layer, units, human name of the layer)
+#: model name -> (layer, units, human name of the layer, axis of the units in its output)
 LAYERS = {
-    "alexnet": ("features.11", 256, "conv5"),
-    "vgg16": ("features.29", 512, "conv5_3"),
-    "resnet50": ("layer4", 2048, "layer4"),
+    "alexnet": ("features.11", 256, "conv5", 1),
+    "vgg16": ("features.29", 512, "conv5_3", 1),
+    "resnet50": ("layer4", 2048, "layer4", 1),
+    "vit_tiny": ("blocks.10", 192, "block 11 of 12, tokens", 2),
 }
+#: Models built by timm (without pretrained weights) rather than torchvision.
+TIMM_MODELS = {"vit_tiny": "vit_tiny_patch16_224"}
 #: Speedup over naive required by the issue, per model.
 SPEEDUP_TARGETS = {"alexnet": 20.0, "vgg16": 100.0, "resnet50": 500.0}
 GFLOPS_TARGET_FRACTION = 0.5
@@ -84,8 +89,12 @@ class RandomImages(Dataset):
 
 
 def build(name: str, seed: int) -> nn.Module:
-    """A torchvision model with seeded random weights, in eval mode."""
+    """A torchvision (or timm) model with seeded random weights, in eval mode."""
     torch.manual_seed(seed)
+    if name in TIMM_MODELS:
+        return timm.create_model(
+            TIMM_MODELS[name], pretrained=False, num_classes=NUM_CLASSES
+        ).eval()
     return getattr(torchvision.models, name)(weights=None, num_classes=NUM_CLASSES).eval()
 
 
@@ -120,14 +129,17 @@ def bench_engine(
     images: torch.Tensor,
     labels: torch.Tensor,
     args: argparse.Namespace,
+    unit_dim: int = 1,
 ) -> dict[str, object]:
     """Time the engine (construction + extraction + run over all units) and count its FLOPs."""
     device = torch.device("cpu")
     engine, build_s = timed(
-        lambda: AblationEngine(model, layer, device, units_per_call=args.units_per_call)
+        lambda: AblationEngine(
+            model, layer, device, units_per_call=args.units_per_call, unit_dim=unit_dim
+        )
     )
     maps, extract_s = timed(lambda: extract_maps(model, layer, images, args.batch_size))
-    units = range(maps.shape[1])
+    units = range(maps.shape[unit_dim])
     counts, run_s = timed(
         lambda: engine.run(map_batches(maps, labels, args.batch_size), units, NUM_CLASSES)
     )
@@ -156,9 +168,15 @@ def bench_engine(
 
 @torch.no_grad()
 def bench_naive(
-    model: nn.Module, layer: str, images: torch.Tensor, units: list[int], batch: int
+    model: nn.Module,
+    layer: str,
+    images: torch.Tensor,
+    units: list[int],
+    batch: int,
+    unit_dim: int = 1,
 ) -> tuple[torch.Tensor, float]:
-    """Logits (U, N, K) of a full forward per unit with a hook zeroing it, and the seconds."""
+    """Logits (U, N, K) of a full forward per unit with a hook zeroing it (along `unit_dim`:
+    every position, every token), and the seconds."""
     module = dict(model.named_modules())[layer]
     logits = torch.empty(len(units), len(images), NUM_CLASSES)
     started = time.perf_counter()
@@ -168,7 +186,7 @@ def bench_naive(
             _module: nn.Module, _inputs: object, output: torch.Tensor, unit: int = unit
         ) -> torch.Tensor:
             output = output.clone()
-            output[:, unit] = 0.0
+            output.select(unit_dim, unit).fill_(0.0)
             return output
 
         handle = module.register_forward_hook(zero)
@@ -189,20 +207,23 @@ def bench_captum(
     channels: int,
     batch: int,
     perturbations: int,
+    unit_dim: int = 1,
 ) -> tuple[torch.Tensor, int, float]:
     """Captum's attributions (U, N) = baseline - ablated correctness for `units`, the number of
     feature groups Captum ablated per image, and the seconds.
 
     The mask gives each unit of the subset its own feature id and all other channels (if any)
-    one shared extra id, so Captum performs len(units) + 1 ablations per image.
+    one shared extra id, so Captum performs len(units) + 1 ablations per image; it spans the
+    unit axis (1 for conv maps, 2 for tokens) and broadcasts over positions and tokens.
     """
     from captum.attr import LayerFeatureAblation
 
     def correctness(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return (model(inputs).argmax(1) == targets).float()
 
-    mask = torch.full((1, channels, 1, 1), len(units), dtype=torch.long)
-    mask[0, units, 0, 0] = torch.arange(len(units))
+    shape = (1, channels, 1, 1) if unit_dim == 1 else (1, 1, channels)
+    mask = torch.full(shape, len(units), dtype=torch.long)
+    mask.view(-1)[units] = torch.arange(len(units))  # only the unit axis is longer than 1
     ablation = LayerFeatureAblation(correctness, dict(model.named_modules())[layer])
     attributions = torch.empty(len(units), len(images))
     started = time.perf_counter()
@@ -214,7 +235,8 @@ def bench_captum(
                 layer_mask=mask,
                 perturbations_per_eval=perturbations,
             )
-            attributions[:, rows] = result[:, units, 0, 0].T
+            per_unit = result[:, units, 0, 0] if unit_dim == 1 else result[:, 0, units]
+            attributions[:, rows] = per_unit.T
     groups = len(units) + (1 if len(units) < channels else 0)
     return attributions, groups, time.perf_counter() - started
 
@@ -271,7 +293,7 @@ def subset(channels: int, count: int) -> list[int]:
 
 def bench_model(name: str, args: argparse.Namespace) -> dict[str, object]:
     """All three methods on one model; returns a row of the table."""
-    layer, channels, layer_name = LAYERS[name]
+    layer, channels, layer_name, unit_dim = LAYERS[name]
     model = build(name, args.seed)
     dataset = RandomImages(args.images, args.seed)
     images = torch.stack([dataset[i][0] for i in range(len(dataset))])
@@ -279,12 +301,21 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, object]:
     units = subset(channels, args.naive_units)
     with torch.no_grad():  # warm-up: first-call allocations and kernel selection, untimed
         model(images[: min(2, len(images))])
-    engine = bench_engine(model, layer, images, labels, args)
-    if engine["maps"].shape[1] != channels:
-        raise RuntimeError(f"{name} {layer} has {engine['maps'].shape[1]} channels, not {channels}")
-    naive, naive_s = bench_naive(model, layer, images, units, args.batch_size)
+    engine = bench_engine(model, layer, images, labels, args, unit_dim)
+    if engine["maps"].shape[unit_dim] != channels:
+        found = engine["maps"].shape[unit_dim]
+        raise RuntimeError(f"{name} {layer} has {found} units, not {channels}")
+    naive, naive_s = bench_naive(model, layer, images, units, args.batch_size, unit_dim)
     attributions, captum_groups, captum_s = bench_captum(
-        model, layer, images, labels, units, channels, args.batch_size, args.perturbations
+        model,
+        layer,
+        images,
+        labels,
+        units,
+        channels,
+        args.batch_size,
+        args.perturbations,
+        unit_dim,
     )
     checks = check_predictions(
         engine["engine"], engine["maps"], labels, units, naive, attributions, args.batch_size
@@ -344,7 +375,7 @@ def matmul_gflops(size: int, repeats: int) -> float:
 def rss_child(args: argparse.Namespace) -> None:
     """Subprocess body: streaming extraction to HDF5 then engine.run; prints peak RSS as JSON."""
     torch.set_num_threads(args.threads)
-    layer, channels, _ = LAYERS[args.rss_model]
+    layer, channels, _, unit_dim = LAYERS[args.rss_model]
     model = build(args.rss_model, args.seed)
     device = torch.device("cpu")
     started = time.perf_counter()
@@ -352,12 +383,14 @@ def rss_child(args: argparse.Namespace) -> None:
         path = Path(scratch) / "maps.h5"
         loader = DataLoader(RandomImages(args.images, args.seed), batch_size=args.batch_size)
         extract_activations(model, [layer], loader, path, device, {})
-        engine = AblationEngine(model, layer, device, units_per_call=args.units_per_call)
+        engine = AblationEngine(
+            model, layer, device, units_per_call=args.units_per_call, unit_dim=unit_dim
+        )
         with ActivationStore(path) as store:
             labels = torch.from_numpy(store.labels())
             batches = (
-                (torch.from_numpy(maps), labels[offset : offset + len(maps)])
-                for offset, maps in store.iter_maps(layer, args.batch_size)
+                (torch.from_numpy(outputs), labels[offset : offset + len(outputs)])
+                for offset, outputs in store.iter_outputs(layer, args.batch_size)
             )
             counts = engine.run(batches, range(channels), NUM_CLASSES)
     if int(counts.class_sizes.sum()) != args.images:
@@ -439,7 +472,7 @@ def main() -> None:
         return
     started = time.perf_counter()
     torch.set_num_threads(args.threads)
-    info = hardware(torch.get_num_threads(), ("torchvision", "captum"))
+    info = hardware(torch.get_num_threads(), ("torchvision", "timm", "captum"))
     print(
         f"# {info['date']}  {info['cpu']}, {info['logical_cores']} logical / "
         f"{info['physical_cores']} physical cores, {info['memory_gb']} GB, "
@@ -447,7 +480,8 @@ def main() -> None:
     )
     print(
         f"# python {info['python']}, torch {info['torch']}, torchvision {info['torchvision']}, "
-        f"captum {info['captum']}, numpy {info['numpy']}, {info['threads']} torch threads"
+        f"timm {info['timm']}, captum {info['captum']}, numpy {info['numpy']}, "
+        f"{info['threads']} torch threads"
     )
     print(
         f"# N={args.images} random 224x224 images, random weights; naive and Captum on "

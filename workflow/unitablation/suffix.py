@@ -109,7 +109,9 @@ def _cut(graph_module: fx.GraphModule, start: fx.Node) -> fx.GraphModule:
                 continue
             if arg in depends_on_input:
                 raise NotACutPoint(
-                    f"{node.name} after the layer also reads {arg.name}, computed before it"
+                    f"{node.name} after the layer also reads {arg.name}, computed before it "
+                    "(e.g. a residual connection around the layer, as inside a ResNet or ViT "
+                    "block), so the rest of the network is no function of the layer's output alone"
                 )
             built.copy_constant(arg)
         built.copy(node)
