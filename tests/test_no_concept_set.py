@@ -13,12 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from workflow_runs import snakemake, tiny_config
 
 from unitablation.concept_status import NO_CONCEPT_SET, concepts_measured, unmeasured_concepts
 from unitablation.statistics import correlation_table
-from unitablation.summary import summary_markdown
 from unitablation.tables import comparison_row
-from workflow_runs import snakemake, tiny_config
 
 PLAIN_LAYER = "features.relu5"
 RESNET_LAYER = "layer4"
@@ -46,6 +45,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         },
     }
     config["ablation"]["shard_size"] = 512  # one shard per layer
+    config["rotation"]["seeds"] = []  # the unit basis is enough: rotated bases add only time
     config["cumulative"] = {"max_k": 2}
     config["analysis"] = {"bootstrap": 20, "permutations": 20}
     path = root / "config.yaml"
@@ -61,8 +61,8 @@ def test_no_concept_jobs_run_for_the_model_without_a_concept_set(run: Path) -> N
     assert not (resnet / "activations" / "concept").exists()
     assert not (run / "results/logs/concept_iou/resnet").exists()
     # the tinyalex keeps the world's concept set when its entry names none
-    for basis in ("unit", "rot7"):
-        assert (run / f"results/plain/{PLAIN_LAYER}/{basis}/concepts.csv").is_file()
+    assert (run / f"results/plain/{PLAIN_LAYER}/unit/concepts.csv").is_file()
+    assert (run / f"results/plain/activations/concept/{PLAIN_LAYER}.h5").is_file()
 
 
 def test_unit_table_keeps_concept_columns_empty(run: Path) -> None:
@@ -79,17 +79,16 @@ def test_unit_table_keeps_concept_columns_empty(run: Path) -> None:
 
 
 def test_statistics_give_the_reason(run: Path) -> None:
-    for basis in ("unit", "rot7"):
-        layer = run / f"results/resnet/{RESNET_LAYER}/{basis}"
-        correlations = pd.read_csv(layer / "correlations.csv", keep_default_na=False)
-        iou = correlations[correlations["attribute"] == "iou"]
-        assert len(iou) == 2 and (iou["undefined_reason"] == NO_CONCEPT_SET).all()
-        assert (iou["spearman"] == "").all() and (iou["n_units"] == 0).all()
-        others = correlations[correlations["attribute"] == "selectivity"]
-        assert (others["undefined_reason"] != NO_CONCEPT_SET).all()
-        prediction = pd.read_csv(layer / "class_prediction.csv")
-        concept = prediction[prediction["attribute"] == "concept_class"]
-        assert (concept["n_units"] == 0).all() and concept["top1_hit_rate"].isna().all()
+    layer = run / f"results/resnet/{RESNET_LAYER}/unit"
+    correlations = pd.read_csv(layer / "correlations.csv", keep_default_na=False)
+    iou = correlations[correlations["attribute"] == "iou"]
+    assert len(iou) == 2 and (iou["undefined_reason"] == NO_CONCEPT_SET).all()
+    assert (iou["spearman"] == "").all() and (iou["n_units"] == 0).all()
+    others = correlations[correlations["attribute"] == "selectivity"]
+    assert (others["undefined_reason"] != NO_CONCEPT_SET).all()
+    prediction = pd.read_csv(layer / "class_prediction.csv")
+    concept = prediction[prediction["attribute"] == "concept_class"]
+    assert (concept["n_units"] == 0).all() and concept["top1_hit_rate"].isna().all()
     plain = pd.read_csv(run / f"results/plain/{PLAIN_LAYER}/unit/correlations.csv")
     assert not (plain["undefined_reason"] == NO_CONCEPT_SET).any()
 
