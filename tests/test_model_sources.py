@@ -361,12 +361,12 @@ def test_a_pickled_whole_model_needs_trust_pickle(tmp_path: Path, zipped: bool) 
     torch.save(original, path, _use_new_zipfile_serialization=zipped)
     entry = {"arch": "mobilenet_v3_small", "weights": str(path)}
     message = (
-        r"pickled Python objects .*runs code stored in the file.*models.<name>.trust_pickle"
+        r"pickled Python objects .*runs code stored in the file.*models\.mine\.trust_pickle"
         if zipped  # the legacy format cannot be inspected without unpickling: torch's refusal
-        else r"(?s)cannot read checkpoint .*Unsupported global.*models.<name>.trust_pickle: true"
+        else r"(?s)cannot read checkpoint .*Unsupported global.*models\.mine\.trust_pickle: true"
     )
     with pytest.raises(ValueError, match=message):
-        load_configured_model(entry, path, CPU)
+        load_configured_model(entry, path, CPU, model_name="mine")
     model, spec, classes = load_configured_model({**entry, "trust_pickle": True}, path, CPU)
     assert classes == ["0", "1", "2"] and spec.num_classes == 3
     assert same_outputs(model, original, 64)

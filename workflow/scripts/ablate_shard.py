@@ -50,7 +50,9 @@ def main(
     use_full_float32()
     with gpu_lease(device_name) as lease, ActivationStore(store_path) as store:
         print(f"device: {lease.description}", file=sys.stderr)
-        model, _, classes = load_configured_model(model_entry, weights, lease.device, store.classes)
+        model, _, classes = load_configured_model(
+            model_entry, weights, lease.device, store.classes, model_name=model_name
+        )
         labels = store.labels()
         layout = store.layout(layer)
         # a_u(x) per image (tokens: the mean over patch tokens), averaged over the eval set

@@ -68,7 +68,9 @@ def main(
             files = [Path(source) / "images" / path for path in paths]
             dataset = FileListSet(files, [-1] * len(files), preprocess)
             folders = ImageFolderSet(class_folders, preprocess).classes if class_folders else None
-        model, spec, classes = load_configured_model(model_entry, weights, device, folders, listed)
+        model, spec, classes = load_configured_model(
+            model_entry, weights, device, folders, listed, model_name
+        )
         expected = listed.folders if listed is not None else classes
         if split == "eval" and expected != dataset.classes:
             raise ValueError(

@@ -399,8 +399,10 @@ def load_configured_model(
     device: torch.device,
     classes_hint: Sequence[str] | None = None,
     class_list: ClassList | None = None,
+    model_name: str = "<name>",
 ) -> tuple[nn.Module, ModelSpec, list[str]]:
-    """Model, spec and class names from a `models.<name>` config entry and its weights.
+    """Model, spec and class names from a `models.<name>` config entry and its weights
+    (`model_name` names the entry in errors).
 
     A factory without `weights` comes initialised from the factory (`weights` is then its
     file, not read). A pickled whole model is used as it is (`trust_pickle` only). The number
@@ -416,7 +418,8 @@ def load_configured_model(
     kind = entry_source(entry).kind
     loaded = None
     if kind != "factory" or entry.get("weights"):
-        loaded = read_weights(weights, bool(entry.get("trust_pickle")), TRUST_KEY)
+        trust_key = TRUST_KEY.replace("<name>", model_name)
+        loaded = read_weights(weights, bool(entry.get("trust_pickle")), trust_key)
     recorded = loaded.classes if isinstance(loaded, Checkpoint) else None
     if isinstance(loaded, Checkpoint) and kind != "factory":
         width = checkpoint_width(spec, entry, loaded, str(weights))
