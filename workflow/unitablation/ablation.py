@@ -431,23 +431,14 @@ class AblationEngine:
         replaced_shares = channel_contributions(
             head, head.pre(filled.expand(1, *maps.shape[1:]).contiguous()), channels
         )
-        cached: dict[str, torch.Tensor] = {"shares": shares}
-        del shares  # held in `cached` only, so a contiguous copy can replace it
+        cached: dict[str, torch.Tensor] = {}
 
         def removed_by_sets(group: UnitGroup) -> torch.Tensor:
             """(G, B, O, ...): what ablating each set takes away from the linear op's output."""
             if "change" not in cached:  # (B, C, O, ...): each channel's share, less its filler's
-                cached["change"] = cached["shares"] - replaced_shares
-            mask = group_mask(group, channels, maps.device).to(cached["shares"].dtype)
+                cached["change"] = shares - replaced_shares
+            mask = group_mask(group, channels, maps.device).to(shares.dtype)
             return torch.einsum("gc,bc...->gb...", mask, cached["change"])
-
-        def unit_shares(units: torch.Tensor) -> torch.Tensor:
-            """(B, G, O, ...): the shares of single units. A linear op's einsum gives a strided
-            view, from which index_select gathers element by element (about 100x slower than
-            from a contiguous copy of the same values), so singles read a contiguous copy."""
-            if not cached["shares"].is_contiguous():
-                cached["shares"] = cached["shares"].contiguous()
-            return cached["shares"].index_select(1, units)
 
         def evaluate(group: UnitGroup | None) -> torch.Tensor:
             if group is None:
@@ -456,7 +447,7 @@ class AblationEngine:
                 ablated = output.unsqueeze(0) - removed_by_sets(group)
             else:
                 units = group.units.to(maps.device)
-                delta = unit_shares(units) - replaced_shares.index_select(1, units)
+                delta = shares.index_select(1, units) - replaced_shares.index_select(1, units)
                 ablated = output.unsqueeze(0) - delta.transpose(0, 1)  # (G, B, O, ...)
             if head.tail is None:
                 return ablated
