@@ -26,13 +26,18 @@ from unitablation.models import (
     ModelSpec,
     build_model,
     check_layers,
-    layer_units,
     load_configured_model,
     probe_model,
 )
 from unitablation.weights import read_weights
 
 CPU = torch.device("cpu")
+
+
+def layer_units(spec: ModelSpec, layers: list[str]) -> dict[str, int]:
+    """Units of each layer, from the layouts check_layers returns."""
+    return {layer: layout.units for layer, layout in check_layers(spec, layers, "m").items()}
+
 
 #: A user's own model file: a seeded factory, one returning no module, one with a 5-D layer.
 FACTORY = """

@@ -98,14 +98,39 @@ def is_trained(name):
     return model_entry(name).get("arch") == TRAINED_ARCH
 
 
-def check_config_layers():
-    """Fail at start when a model's source is unknown or cannot be built (naming the key and
-    the closest valid names), or a configured layer does not exist (listing valid module
-    paths), is called more than once per forward (naming the enclosing block) or has an
-    output layout that cannot be interpreted (naming its shape)."""
+@functools.cache
+def configured_layouts(name):
+    """Layouts of a model's studied layers, from config alone (one probe of the network, on
+    the meta device where it can be); config errors name the key: an unknown source (with the
+    closest valid names), a missing layer (listing valid module paths), one called more than
+    once per forward (naming the enclosing block), an output no layout reads (its shape).
+    """
+    from unitablation.model_sources import EntryError, check_entry
+    from unitablation import models
+
+    entry = model_entry(name)
     try:
-        from unitablation.model_sources import EntryError, check_entry
-        from unitablation import models
+        check_entry(entry)
+        spec = models.ModelSpec.from_config(entry, 2, config["world"]["image_size"])
+        model = models.probe_model(spec)
+    except EntryError as error:
+        key = f"models.{name}.{error.key}"
+        raise ValueError(f"config error in {key}: {error}") from None
+    except ValueError as error:  # e.g. model_kwargs giving a non-square input
+        raise ValueError(f"config error in models.{name}: {error}") from None
+    key = f"models.{name}.layers" if entry.get("layers") else "layers"
+    label = f"model {name!r} ({spec.arch})"
+    side, prefix = models.input_size(spec), entry.get("prefix_tokens")
+    try:
+        return models.check_model_layers(model, model_layers(name), label, side, prefix)
+    except ValueError as error:
+        raise ValueError(f"config error in {key}: {error}") from None
+
+
+def check_config_layers():
+    """Fail at start when a model's source or layers are wrong (see configured_layouts)."""
+    try:
+        import unitablation.models  # noqa: F401
     except ImportError as error:  # e.g. a Snakemake-only env with --sdm conda
         warnings.warn(
             f"cannot import the library to check layer names now ({error}); "
@@ -113,23 +138,7 @@ def check_config_layers():
         )
         return
     for name in model_names():
-        entry = model_entry(name)
-        try:
-            check_entry(entry)
-            spec = models.ModelSpec.from_config(entry, 2, config["world"]["image_size"])
-            model = models.probe_model(spec)
-        except EntryError as error:
-            key = f"models.{name}.{error.key}"
-            raise ValueError(f"config error in {key}: {error}") from None
-        except ValueError as error:  # e.g. model_kwargs giving a non-square input
-            raise ValueError(f"config error in models.{name}: {error}") from None
-        key = f"models.{name}.layers" if entry.get("layers") else "layers"
-        label = f"model {name!r} ({spec.arch})"
-        side, prefix = models.input_size(spec), entry.get("prefix_tokens")
-        try:
-            models.check_model_layers(model, model_layers(name), label, side, prefix)
-        except ValueError as error:
-            raise ValueError(f"config error in {key}: {error}") from None
+        configured_layouts(name)
 
 
 check_config_layers()
@@ -236,17 +245,10 @@ def gpu_count(wildcards):
     return 1 if config["device"].startswith("cuda") else 0
 
 
-@functools.cache
 def units_per_layer(name):
     """Units of every studied layer of a model (channels, features or token features),
-    known from config alone (layer layouts, on the meta device where it can be)."""
-    from unitablation.models import ModelSpec, layer_units
-
-    entry = model_entry(name)
-    spec = ModelSpec.from_config(
-        entry, num_classes=2, image_size=config["world"]["image_size"]
-    )
-    return layer_units(spec, model_layers(name), entry.get("prefix_tokens"))
+    known from config alone (the layouts checked at start)."""
+    return {layer: layout.units for layer, layout in configured_layouts(name).items()}
 
 
 def shard_count(model, layer):

@@ -289,17 +289,6 @@ def input_size(spec: ModelSpec, crop: int | None = None) -> int:
     return spec.image_size if spec.arch == TINY_ARCH else 224
 
 
-def layer_units(
-    spec: ModelSpec, layers: Sequence[str], prefix_tokens: int | None = None
-) -> dict[str, int]:
-    """Units of each layer (channels, features or token features), from its layout on a
-    network built on the meta device when it can be (no memory)."""
-    layouts = check_model_layers(
-        probe_model(spec), layers, f"model ({spec.arch})", input_size(spec), prefix_tokens
-    )
-    return {layer: layout.units for layer, layout in layouts.items()}
-
-
 def file_sha256(path: str | Path) -> str:
     """Hex sha256 of a file, streamed, for provenance and checksum checks."""
     digest = hashlib.sha256()
