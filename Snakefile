@@ -1,5 +1,5 @@
 # Unit ablation study: how much each CNN unit matters, overall and per class, and why.
-# Stages live in workflow/rules/; the library in workflow/unitablation/; README.md explains both.
+# Stages live in workflow/rules/; the library in workflow/unitablation/; docs/development.md explains both.
 
 from snakemake.utils import min_version
 

@@ -40,18 +40,14 @@ import numpy as np
 import timm
 import torch
 import torchvision
+from reporting import hardware, peak_rss_mb, print_table, run_json_child, timed, write_report
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from reporting import hardware, peak_rss_mb, print_table, run_json_child, timed, write_report  # noqa: E402
-
-from unitablation.ablation import AblationEngine  # noqa: E402
-from unitablation.extraction import LayerRecorder, extract_activations  # noqa: E402
-from unitablation.store import ActivationStore  # noqa: E402
+from unitablation.ablation import AblationEngine
+from unitablation.extraction import LayerRecorder, extract_activations
+from unitablation.store import ActivationStore
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 1000

@@ -10,18 +10,14 @@ and counts prediction disagreements on the subset, separating float near-ties.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torchvision
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
-
-from unitablation.ablation import AblationEngine  # noqa: E402
-from unitablation.devices import use_full_float32  # noqa: E402
-from unitablation.extraction import LayerRecorder  # noqa: E402
+from unitablation.ablation import AblationEngine
+from unitablation.devices import use_full_float32
+from unitablation.extraction import LayerRecorder
 
 CASES = {
     "alexnet": "features.11",

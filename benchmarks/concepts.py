@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -34,16 +33,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from reporting import hardware, print_table, timed, write_report
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from reporting import hardware, print_table, timed, write_report  # noqa: E402
-
-from unitablation.broden import Broden, read_broden  # noqa: E402
-from unitablation.concepts import EPSILON, concept_iou, concept_labels  # noqa: E402
-from unitablation.world import WorldSpec  # noqa: E402
-from unitablation.world_export import write_concept_set  # noqa: E402
+from unitablation.broden import Broden, read_broden
+from unitablation.concepts import EPSILON, concept_iou, concept_labels
+from unitablation.world import WorldSpec
+from unitablation.world_export import write_concept_set
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEEDUP_TARGET = 20.0

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -27,14 +26,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from reporting import hardware, print_table, timed, write_report
 from scipy import stats
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from reporting import hardware, print_table, timed, write_report  # noqa: E402
-
-from unitablation.statistics import (  # noqa: E402
+from unitablation.statistics import (
     NUMERIC_ATTRIBUTES,
     TARGETS,
     _rng,

@@ -23,14 +23,10 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from reporting import print_table, write_report
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from reporting import print_table, write_report  # noqa: E402
-
-from unitablation.broden import Broden, read_broden  # noqa: E402
-from unitablation.concepts import (  # noqa: E402
+from unitablation.broden import Broden, read_broden
+from unitablation.concepts import (
     COUNTING,
     ConceptLabels,
     ConceptResult,
@@ -38,7 +34,7 @@ from unitablation.concepts import (  # noqa: E402
     concept_labels,
     store_reader,
 )
-from unitablation.store import ActivationStore  # noqa: E402
+from unitablation.store import ActivationStore
 
 PAIRS = list(itertools.combinations(COUNTING, 2))
 

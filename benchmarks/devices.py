@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,16 +21,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
-
-from unitablation.devices import use_full_float32  # noqa: E402
-from unitablation.extraction import extract_activations  # noqa: E402
-from unitablation.images import ImageFolderSet, model_preprocess, stack_dataset  # noqa: E402
-from unitablation.models import ModelSpec, build_model  # noqa: E402
-from unitablation.store import ActivationStore  # noqa: E402
-from unitablation.training import TrainConfig, train_model  # noqa: E402
-from unitablation.world import WorldSpec  # noqa: E402
-from unitablation.world_export import write_image_folder  # noqa: E402
+from unitablation.devices import use_full_float32
+from unitablation.extraction import extract_activations
+from unitablation.images import ImageFolderSet, model_preprocess, stack_dataset
+from unitablation.models import ModelSpec, build_model
+from unitablation.store import ActivationStore
+from unitablation.training import TrainConfig, train_model
+from unitablation.world import WorldSpec
+from unitablation.world_export import write_image_folder
 
 LAYERS = ("features.relu3", "features.relu4", "features.relu5")
 

@@ -29,12 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "workflow"))
-sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from reporting import (  # noqa: E402
+from reporting import (
     hardware,
     peak_rss_mb,
     print_table,
@@ -43,6 +38,7 @@ from reporting import (  # noqa: E402
     write_report,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 RATIO_TARGET = 1.5
 SCALE = 8
 MODEL = "plain"
@@ -78,6 +74,7 @@ def model_entry(config: dict) -> dict:
 
 def run_job(job: str, data: Path, layer: str) -> dict[str, object]:
     """Import the rule script, build the model once, then run the script's main()."""
+    sys.path.insert(0, str(ROOT / "workflow" / "scripts"))  # the rule scripts, as modules
     import ablate_shard
     import concept_iou
     import extract_activations

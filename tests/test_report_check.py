@@ -15,11 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import report_check as rc
 from PIL import Image, ImageDraw
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-import report_check as rc  # noqa: E402
 
 MINI_SNAKEFILE = """
 rule all:

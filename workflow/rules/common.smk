@@ -1,6 +1,7 @@
 # Helpers only: config validation, paths, per-rule params. No rules here.
 
 import functools
+import os
 import re
 import sys
 import warnings
@@ -8,9 +9,15 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-LIBRARY_DIR = Path(workflow.basedir) / "workflow"
-if str(LIBRARY_DIR) not in sys.path:
-    sys.path.insert(0, str(LIBRARY_DIR))
+# The one place that makes the library importable: here, and (through PYTHONPATH, which every
+# job's process inherits, locally, in a conda env or under SLURM) in every rule script.
+LIBRARY_DIR = str(Path(workflow.basedir) / "workflow")
+if LIBRARY_DIR not in sys.path:
+    sys.path.insert(0, LIBRARY_DIR)
+if LIBRARY_DIR not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        part for part in (LIBRARY_DIR, os.environ.get("PYTHONPATH")) if part
+    )
 
 validate(config, "../schemas/config.schema.yaml")
 

@@ -2,26 +2,22 @@
 
 import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-if "snakemake" in globals():  # make the library importable inside any rule environment
-    sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from unitablation.ablation import AblationEngine, check_baseline, compare_baseline  # noqa: E402
-from unitablation.devices import use_full_float32  # noqa: E402
-from unitablation.images import ImageFolderSet, model_preprocess  # noqa: E402
-from unitablation.lease import gpu_lease  # noqa: E402
-from unitablation.logs import logged_to, progress_options  # noqa: E402
-from unitablation.models import load_configured_model  # noqa: E402
-from unitablation.rotation import haar_rotation, parse_basis  # noqa: E402
-from unitablation.shard_store import save_counts  # noqa: E402
-from unitablation.store import ActivationStore  # noqa: E402
+from unitablation.ablation import AblationEngine, check_baseline, compare_baseline
+from unitablation.devices import use_full_float32
+from unitablation.images import ImageFolderSet, model_preprocess
+from unitablation.lease import gpu_lease
+from unitablation.logs import logged_to, progress_options
+from unitablation.models import load_configured_model
+from unitablation.rotation import haar_rotation, parse_basis
+from unitablation.shard_store import save_counts
+from unitablation.store import ActivationStore
 
 
 def stored_batches(store: ActivationStore, layer: str, labels: np.ndarray, batch_size: int):
@@ -135,18 +131,18 @@ def maps_dtype(store: ActivationStore, layer: str) -> str:
 
 
 if "snakemake" in globals():
-    with logged_to(snakemake.log[0]):  # noqa: F821
+    with logged_to(snakemake.log[0]):
         main(
-            snakemake.input.store,  # noqa: F821
-            snakemake.input.weights,  # noqa: F821
-            snakemake.input.images,  # noqa: F821
-            snakemake.output.shard,  # noqa: F821
-            snakemake.wildcards.model,  # noqa: F821
-            snakemake.wildcards.layer,  # noqa: F821
-            snakemake.wildcards.basis,  # noqa: F821
-            snakemake.params.units,  # noqa: F821
-            snakemake.params.model,  # noqa: F821
-            snakemake.params.ablation,  # noqa: F821
-            snakemake.params.device,  # noqa: F821
-            snakemake.threads,  # noqa: F821
+            snakemake.input.store,
+            snakemake.input.weights,
+            snakemake.input.images,
+            snakemake.output.shard,
+            snakemake.wildcards.model,
+            snakemake.wildcards.layer,
+            snakemake.wildcards.basis,
+            snakemake.params.units,
+            snakemake.params.model,
+            snakemake.params.ablation,
+            snakemake.params.device,
+            snakemake.threads,
         )

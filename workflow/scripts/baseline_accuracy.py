@@ -1,14 +1,10 @@
 """Rule adapter: per-class and overall baseline accuracy from a model's eval activation store."""
 
 import sys
-from pathlib import Path
 
-if "snakemake" in globals():  # make the library importable inside any rule environment
-    sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
-
-from unitablation.accuracy import class_accuracy_table, never_predicted  # noqa: E402
-from unitablation.logs import logged_to  # noqa: E402
-from unitablation.store import ActivationStore, atomic_path  # noqa: E402
+from unitablation.accuracy import class_accuracy_table, never_predicted
+from unitablation.logs import logged_to
+from unitablation.store import ActivationStore, atomic_path
 
 
 def main(store_path: str, table_out: str) -> None:
@@ -25,5 +21,5 @@ def main(store_path: str, table_out: str) -> None:
 
 
 if "snakemake" in globals():
-    with logged_to(snakemake.log[0]):  # noqa: F821
-        main(snakemake.input.store, snakemake.output.table)  # noqa: F821
+    with logged_to(snakemake.log[0]):
+        main(snakemake.input.store, snakemake.output.table)

@@ -2,16 +2,12 @@
 
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-if "snakemake" in globals():  # make the library importable inside any rule environment
-    sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
-
-from unitablation.accuracy import never_predicted  # noqa: E402
-from unitablation.logs import logged_to  # noqa: E402
-from unitablation.store import atomic_paths  # noqa: E402
-from unitablation.table_io import read_table  # noqa: E402
-from unitablation.tables import comparison_row, comparison_table, overall_accuracy  # noqa: E402
+from unitablation.accuracy import never_predicted
+from unitablation.logs import logged_to
+from unitablation.store import atomic_paths
+from unitablation.table_io import read_table
+from unitablation.tables import comparison_row, comparison_table, overall_accuracy
 
 
 def main(
@@ -54,14 +50,14 @@ def main(
 
 
 if "snakemake" in globals():
-    with logged_to(snakemake.log[0]):  # noqa: F821
+    with logged_to(snakemake.log[0]):
         main(
-            snakemake.input.units,  # noqa: F821
-            snakemake.input.correlations,  # noqa: F821
-            snakemake.input.class_prediction,  # noqa: F821
-            snakemake.input.concentration,  # noqa: F821
-            snakemake.input.baselines,  # noqa: F821
-            snakemake.params.models,  # noqa: F821
-            snakemake.output.variants,  # noqa: F821
-            snakemake.output.rotation,  # noqa: F821
+            snakemake.input.units,
+            snakemake.input.correlations,
+            snakemake.input.class_prediction,
+            snakemake.input.concentration,
+            snakemake.input.baselines,
+            snakemake.params.models,
+            snakemake.output.variants,
+            snakemake.output.rotation,
         )

@@ -5,23 +5,20 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-if "snakemake" in globals():  # make the library importable inside any rule environment
-    sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
+import h5py
+from tqdm import tqdm
 
-import h5py  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from unitablation.broden import read_broden  # noqa: E402
-from unitablation.concepts import (  # noqa: E402
+from unitablation.broden import read_broden
+from unitablation.concepts import (
     ConceptResult,
     concept_classes,
     concept_iou,
     concept_labels,
     store_reader,
 )
-from unitablation.logs import logged_to, progress_options  # noqa: E402
-from unitablation.rotation import haar_rotation, parse_basis  # noqa: E402
-from unitablation.store import ActivationStore, atomic_paths  # noqa: E402
+from unitablation.logs import logged_to, progress_options
+from unitablation.rotation import haar_rotation, parse_basis
+from unitablation.store import ActivationStore, atomic_paths
 
 
 def main(
@@ -99,15 +96,15 @@ def write_matrix(path: Path, result: ConceptResult, layer: str, basis: str) -> N
 
 
 if "snakemake" in globals():
-    with logged_to(snakemake.log[0]):  # noqa: F821
+    with logged_to(snakemake.log[0]):
         main(
-            snakemake.input.store,  # noqa: F821
-            snakemake.input.broden,  # noqa: F821
-            snakemake.output.table,  # noqa: F821
-            snakemake.output.matrix,  # noqa: F821
-            snakemake.wildcards.layer,  # noqa: F821
-            snakemake.wildcards.basis,  # noqa: F821
-            snakemake.params.concepts,  # noqa: F821
-            snakemake.resources.concept_unit_block,  # noqa: F821
-            snakemake.resources.concept_image_batch,  # noqa: F821
+            snakemake.input.store,
+            snakemake.input.broden,
+            snakemake.output.table,
+            snakemake.output.matrix,
+            snakemake.wildcards.layer,
+            snakemake.wildcards.basis,
+            snakemake.params.concepts,
+            snakemake.resources.concept_unit_block,
+            snakemake.resources.concept_image_batch,
         )

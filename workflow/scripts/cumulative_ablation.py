@@ -2,23 +2,19 @@
 
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-if "snakemake" in globals():  # make the library importable inside any rule environment
-    sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
 
-import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from unitablation.cumulative import cumulative_ablation, powers_of_two  # noqa: E402
-from unitablation.devices import use_full_float32  # noqa: E402
-from unitablation.images import ImageFolderSet, model_preprocess  # noqa: E402
-from unitablation.lease import gpu_lease  # noqa: E402
-from unitablation.logs import logged_to, progress_options  # noqa: E402
-from unitablation.models import load_configured_model  # noqa: E402
-from unitablation.store import ActivationStore, atomic_path  # noqa: E402
+from unitablation.cumulative import cumulative_ablation, powers_of_two
+from unitablation.devices import use_full_float32
+from unitablation.images import ImageFolderSet, model_preprocess
+from unitablation.lease import gpu_lease
+from unitablation.logs import logged_to, progress_options
+from unitablation.models import load_configured_model
+from unitablation.store import ActivationStore, atomic_path
 
 
 def main(
@@ -86,16 +82,16 @@ def main(
 
 
 if "snakemake" in globals():
-    with logged_to(snakemake.log[0]):  # noqa: F821
+    with logged_to(snakemake.log[0]):
         main(
-            snakemake.input.store,  # noqa: F821
-            snakemake.input.weights,  # noqa: F821
-            snakemake.input.images,  # noqa: F821
-            snakemake.output.table,  # noqa: F821
-            snakemake.wildcards.layer,  # noqa: F821
-            snakemake.params.model,  # noqa: F821
-            snakemake.params.cumulative,  # noqa: F821
-            snakemake.params.seed,  # noqa: F821
-            snakemake.params.device,  # noqa: F821
-            snakemake.threads,  # noqa: F821
+            snakemake.input.store,
+            snakemake.input.weights,
+            snakemake.input.images,
+            snakemake.output.table,
+            snakemake.wildcards.layer,
+            snakemake.params.model,
+            snakemake.params.cumulative,
+            snakemake.params.seed,
+            snakemake.params.device,
+            snakemake.threads,
         )

@@ -2,14 +2,10 @@
 
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-if "snakemake" in globals():  # make the library importable inside any rule environment
-    sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
-
-from unitablation.checkpoints import convert_checkpoint  # noqa: E402
-from unitablation.logs import logged_to  # noqa: E402
+from unitablation.checkpoints import convert_checkpoint
+from unitablation.logs import logged_to
 
 
 def main(source: str, output: str, convert: Mapping[str, Any]) -> None:
@@ -31,5 +27,5 @@ def main(source: str, output: str, convert: Mapping[str, Any]) -> None:
 
 
 if "snakemake" in globals():
-    with logged_to(snakemake.log[0]):  # noqa: F821
-        main(snakemake.input.checkpoint, snakemake.output[0], snakemake.params.convert)  # noqa: F821
+    with logged_to(snakemake.log[0]):
+        main(snakemake.input.checkpoint, snakemake.output[0], snakemake.params.convert)

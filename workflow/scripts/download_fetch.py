@@ -2,14 +2,10 @@
 
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-if "snakemake" in globals():  # make the library importable inside any rule environment
-    sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
-
-from unitablation.download import DownloadItem, install, tqdm_progress  # noqa: E402
-from unitablation.logs import logged_to  # noqa: E402
+from unitablation.download import DownloadItem, install, tqdm_progress
+from unitablation.logs import logged_to
 
 
 def log_line(line: str) -> None:
@@ -32,5 +28,5 @@ def main(output: str, params: Mapping[str, Any]) -> None:
 
 
 if "snakemake" in globals():
-    with logged_to(snakemake.log[0]):  # noqa: F821
-        main(snakemake.output[0], snakemake.params.item)  # noqa: F821
+    with logged_to(snakemake.log[0]):
+        main(snakemake.output[0], snakemake.params.item)

@@ -6,22 +6,19 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-if "snakemake" in globals():  # make the library importable inside any rule environment
-    sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
 
-import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from unitablation.broden import read_broden  # noqa: E402
-from unitablation.class_lists import read_class_list  # noqa: E402
-from unitablation.devices import use_full_float32  # noqa: E402
-from unitablation.extraction import extract_activations  # noqa: E402
-from unitablation.images import FileListSet, ImageFolderSet, model_preprocess  # noqa: E402
-from unitablation.lease import gpu_lease  # noqa: E402
-from unitablation.logs import logged_to, progress_options  # noqa: E402
-from unitablation.model_sources import describe_source  # noqa: E402
-from unitablation.models import check_layers, file_sha256, load_configured_model  # noqa: E402
+from unitablation.broden import read_broden
+from unitablation.class_lists import read_class_list
+from unitablation.devices import use_full_float32
+from unitablation.extraction import extract_activations
+from unitablation.images import FileListSet, ImageFolderSet, model_preprocess
+from unitablation.lease import gpu_lease
+from unitablation.logs import logged_to, progress_options
+from unitablation.model_sources import describe_source
+from unitablation.models import check_layers, file_sha256, load_configured_model
 
 
 def main(
@@ -109,18 +106,18 @@ def main(
 
 
 if "snakemake" in globals():
-    with logged_to(snakemake.log[0]):  # noqa: F821
+    with logged_to(snakemake.log[0]):
         main(
-            snakemake.input.images,  # noqa: F821
-            snakemake.input.weights,  # noqa: F821
-            snakemake.output.store,  # noqa: F821
-            snakemake.wildcards.split,  # noqa: F821
-            snakemake.wildcards.model,  # noqa: F821
-            snakemake.params.model,  # noqa: F821
-            snakemake.params.layers,  # noqa: F821
-            snakemake.params.activations,  # noqa: F821
-            snakemake.params.device,  # noqa: F821
-            snakemake.threads,  # noqa: F821
-            snakemake.input.get("class_list"),  # noqa: F821
-            snakemake.input.get("class_folders"),  # noqa: F821
+            snakemake.input.images,
+            snakemake.input.weights,
+            snakemake.output.store,
+            snakemake.wildcards.split,
+            snakemake.wildcards.model,
+            snakemake.params.model,
+            snakemake.params.layers,
+            snakemake.params.activations,
+            snakemake.params.device,
+            snakemake.threads,
+            snakemake.input.get("class_list"),
+            snakemake.input.get("class_folders"),
         )

@@ -3,19 +3,16 @@
 import sys
 from pathlib import Path
 
-if "snakemake" in globals():  # make the library importable inside any rule environment
-    sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
+from matplotlib.figure import Figure
 
-from matplotlib.figure import Figure  # noqa: E402
-
-from unitablation.figures import (  # noqa: E402
+from unitablation.figures import (
     SCATTER_ATTRIBUTES,
     attributes_figure,
     save_figure,
     scatter_attributes,
 )
-from unitablation.logs import logged_to  # noqa: E402
-from unitablation.table_io import read_table  # noqa: E402
+from unitablation.logs import logged_to
+from unitablation.table_io import read_table
 
 
 def main(units_table: str, correlations_table: str, stem: str, dpi: float) -> Figure:
@@ -32,10 +29,10 @@ def main(units_table: str, correlations_table: str, stem: str, dpi: float) -> Fi
 
 
 if "snakemake" in globals():
-    with logged_to(snakemake.log[0]):  # noqa: F821
+    with logged_to(snakemake.log[0]):
         main(
-            snakemake.input.units,  # noqa: F821
-            snakemake.input.correlations,  # noqa: F821
-            str(Path(snakemake.output.png).with_suffix("")),  # noqa: F821
-            snakemake.params.dpi,  # noqa: F821
+            snakemake.input.units,
+            snakemake.input.correlations,
+            str(Path(snakemake.output.png).with_suffix("")),
+            snakemake.params.dpi,
         )

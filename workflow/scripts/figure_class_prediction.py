@@ -4,15 +4,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-if "snakemake" in globals():  # make the library importable inside any rule environment
-    sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
+import pandas as pd
+from matplotlib.figure import Figure
 
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from unitablation.figures import class_prediction_figure, save_figure  # noqa: E402
-from unitablation.logs import logged_to  # noqa: E402
-from unitablation.table_io import read_table  # noqa: E402
+from unitablation.figures import class_prediction_figure, save_figure
+from unitablation.logs import logged_to
+from unitablation.table_io import read_table
 
 
 def main(prediction_tables: Sequence[str], stem: str, dpi: float) -> Figure:
@@ -28,9 +25,9 @@ def main(prediction_tables: Sequence[str], stem: str, dpi: float) -> Figure:
 
 
 if "snakemake" in globals():
-    with logged_to(snakemake.log[0]):  # noqa: F821
+    with logged_to(snakemake.log[0]):
         main(
-            snakemake.input.predictions,  # noqa: F821
-            str(Path(snakemake.output.png).with_suffix("")),  # noqa: F821
-            snakemake.params.dpi,  # noqa: F821
+            snakemake.input.predictions,
+            str(Path(snakemake.output.png).with_suffix("")),
+            snakemake.params.dpi,
         )

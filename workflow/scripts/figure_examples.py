@@ -3,24 +3,21 @@
 import sys
 from pathlib import Path
 
-if "snakemake" in globals():  # make the library importable inside any rule environment
-    sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
+import numpy as np
+from matplotlib.figure import Figure
 
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from unitablation.broden import read_broden  # noqa: E402
-from unitablation.concept_status import NO_CONCEPT_SET  # noqa: E402
-from unitablation.figures import (  # noqa: E402
+from unitablation.broden import read_broden
+from unitablation.concept_status import NO_CONCEPT_SET
+from unitablation.figures import (
     ExampleImage,
     example_units,
     examples_figure,
     save_figure,
     unit_mask,
 )
-from unitablation.logs import logged_to  # noqa: E402
-from unitablation.store import ActivationStore, open_hdf5  # noqa: E402
-from unitablation.table_io import read_class_matrix, read_table  # noqa: E402
+from unitablation.logs import logged_to
+from unitablation.store import ActivationStore, open_hdf5
+from unitablation.table_io import read_class_matrix, read_table
 
 
 def main(
@@ -92,16 +89,16 @@ def concept_examples(
 
 
 if "snakemake" in globals():
-    with logged_to(snakemake.log[0]):  # noqa: F821
+    with logged_to(snakemake.log[0]):
         main(
-            snakemake.input.units,  # noqa: F821
-            snakemake.input.class_drops,  # noqa: F821
-            snakemake.input.get("concepts"),  # noqa: F821
-            snakemake.input.get("store"),  # noqa: F821
-            snakemake.input.get("broden"),  # noqa: F821
-            snakemake.wildcards.layer,  # noqa: F821
-            str(Path(snakemake.output.png).with_suffix("")),  # noqa: F821
-            snakemake.params.figures["dpi"],  # noqa: F821
-            snakemake.params.figures["example_units"],  # noqa: F821
-            snakemake.params.figures["example_images"],  # noqa: F821
+            snakemake.input.units,
+            snakemake.input.class_drops,
+            snakemake.input.get("concepts"),
+            snakemake.input.get("store"),
+            snakemake.input.get("broden"),
+            snakemake.wildcards.layer,
+            str(Path(snakemake.output.png).with_suffix("")),
+            snakemake.params.figures["dpi"],
+            snakemake.params.figures["example_units"],
+            snakemake.params.figures["example_images"],
         )

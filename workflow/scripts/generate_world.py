@@ -8,12 +8,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-if "snakemake" in globals():  # make the library importable inside any rule environment
-    sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
-
-from unitablation.logs import logged_to  # noqa: E402
-from unitablation.world import WorldSpec  # noqa: E402
-from unitablation.world_export import write_concept_set, write_image_folder  # noqa: E402
+from unitablation.logs import logged_to
+from unitablation.world import WorldSpec
+from unitablation.world_export import write_concept_set, write_image_folder
 
 
 def main(
@@ -33,11 +30,11 @@ def main(
 
 
 if "snakemake" in globals():
-    with logged_to(snakemake.log[0]):  # noqa: F821
+    with logged_to(snakemake.log[0]):
         main(
-            snakemake.output.train,  # noqa: F821
-            snakemake.output.val,  # noqa: F821
-            snakemake.output.broden,  # noqa: F821
-            snakemake.params.world,  # noqa: F821
-            snakemake.params.seed,  # noqa: F821
+            snakemake.output.train,
+            snakemake.output.val,
+            snakemake.output.broden,
+            snakemake.params.world,
+            snakemake.params.seed,
         )

@@ -3,23 +3,19 @@
 
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-if "snakemake" in globals():  # make the library importable inside any rule environment
-    sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
+import h5py
+import numpy as np
+import pandas as pd
 
-import h5py  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from unitablation.concentration import concentration_summary, concentration_table  # noqa: E402
-from unitablation.concept_status import NO_CONCEPT_SET, concepts_measured  # noqa: E402
-from unitablation.logs import logged_to  # noqa: E402
-from unitablation.statistics import class_prediction_table, correlation_table  # noqa: E402
-from unitablation.store import atomic_paths  # noqa: E402
-from unitablation.table_io import read_class_matrix, read_table  # noqa: E402
-from unitablation.tables import KEYS  # noqa: E402
+from unitablation.concentration import concentration_summary, concentration_table
+from unitablation.concept_status import NO_CONCEPT_SET, concepts_measured
+from unitablation.logs import logged_to
+from unitablation.statistics import class_prediction_table, correlation_table
+from unitablation.store import atomic_paths
+from unitablation.table_io import read_class_matrix, read_table
+from unitablation.tables import KEYS
 
 #: M_u from the HDF5 counts and from units.csv (written with 6 significant digits) must agree
 #: this closely (points), else the two files are not of the same ablation.
@@ -119,14 +115,14 @@ def main(
 
 
 if "snakemake" in globals():
-    with logged_to(snakemake.log[0]):  # noqa: F821
+    with logged_to(snakemake.log[0]):
         main(
-            snakemake.input.units,  # noqa: F821
-            snakemake.input.class_drops,  # noqa: F821
-            snakemake.input.prob_drops,  # noqa: F821
-            snakemake.output.correlations,  # noqa: F821
-            snakemake.output.class_prediction,  # noqa: F821
-            snakemake.output.concentration,  # noqa: F821
-            snakemake.params.analysis,  # noqa: F821
-            snakemake.params.seed,  # noqa: F821
+            snakemake.input.units,
+            snakemake.input.class_drops,
+            snakemake.input.prob_drops,
+            snakemake.output.correlations,
+            snakemake.output.class_prediction,
+            snakemake.output.concentration,
+            snakemake.params.analysis,
+            snakemake.params.seed,
         )

@@ -5,19 +5,15 @@ shard job has checked that path's baseline against the stored full-network logit
 
 import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-if "snakemake" in globals():  # make the library importable inside any rule environment
-    sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
+import h5py
+import numpy as np
 
-import h5py  # noqa: E402
-import numpy as np  # noqa: E402
-
-from unitablation.drops import drop_tables  # noqa: E402
-from unitablation.logs import logged_to  # noqa: E402
-from unitablation.shard_store import load_counts  # noqa: E402
-from unitablation.store import ActivationStore, atomic_paths  # noqa: E402
+from unitablation.drops import drop_tables
+from unitablation.logs import logged_to
+from unitablation.shard_store import load_counts
+from unitablation.store import ActivationStore, atomic_paths
 
 
 def main(
@@ -77,12 +73,12 @@ def main(
 
 
 if "snakemake" in globals():
-    with logged_to(snakemake.log[0]):  # noqa: F821
+    with logged_to(snakemake.log[0]):
         main(
-            snakemake.input.shards,  # noqa: F821
-            snakemake.input.store,  # noqa: F821
-            snakemake.output.drops,  # noqa: F821
-            snakemake.output.class_drops,  # noqa: F821
-            snakemake.output.prob_drops,  # noqa: F821
-            snakemake.params.ablation,  # noqa: F821
+            snakemake.input.shards,
+            snakemake.input.store,
+            snakemake.output.drops,
+            snakemake.output.class_drops,
+            snakemake.output.prob_drops,
+            snakemake.params.ablation,
         )

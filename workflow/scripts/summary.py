@@ -4,13 +4,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-if "snakemake" in globals():  # make the library importable inside any rule environment
-    sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
-
-from unitablation.logs import logged_to  # noqa: E402
-from unitablation.store import atomic_path  # noqa: E402
-from unitablation.summary import summary_markdown  # noqa: E402
-from unitablation.table_io import read_table  # noqa: E402
+from unitablation.logs import logged_to
+from unitablation.store import atomic_path
+from unitablation.summary import summary_markdown
+from unitablation.table_io import read_table
 
 
 def main(variants: str, rotation: str, cumulative: Sequence[str], summary_out: str) -> None:
@@ -26,10 +23,10 @@ def main(variants: str, rotation: str, cumulative: Sequence[str], summary_out: s
 
 
 if "snakemake" in globals():
-    with logged_to(snakemake.log[0]):  # noqa: F821
+    with logged_to(snakemake.log[0]):
         main(
-            snakemake.input.variants,  # noqa: F821
-            snakemake.input.rotation,  # noqa: F821
-            snakemake.input.cumulative,  # noqa: F821
-            snakemake.output.summary,  # noqa: F821
+            snakemake.input.variants,
+            snakemake.input.rotation,
+            snakemake.input.cumulative,
+            snakemake.output.summary,
         )

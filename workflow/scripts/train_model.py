@@ -2,22 +2,18 @@
 
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-if "snakemake" in globals():  # make the library importable inside any rule environment
-    sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
+import pandas as pd
+import torch
 
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-
-from unitablation.devices import use_full_float32  # noqa: E402
-from unitablation.images import ImageFolderSet, model_preprocess, stack_dataset  # noqa: E402
-from unitablation.lease import gpu_lease  # noqa: E402
-from unitablation.logs import logged_to  # noqa: E402
-from unitablation.models import ModelSpec, build_model, save_checkpoint  # noqa: E402
-from unitablation.store import atomic_paths  # noqa: E402
-from unitablation.training import TrainConfig, train_model  # noqa: E402
+from unitablation.devices import use_full_float32
+from unitablation.images import ImageFolderSet, model_preprocess, stack_dataset
+from unitablation.lease import gpu_lease
+from unitablation.logs import logged_to
+from unitablation.models import ModelSpec, build_model, save_checkpoint
+from unitablation.store import atomic_paths
+from unitablation.training import TrainConfig, train_model
 
 
 def main(
@@ -58,14 +54,14 @@ def main(
 
 
 if "snakemake" in globals():
-    with logged_to(snakemake.log[0]):  # noqa: F821
+    with logged_to(snakemake.log[0]):
         main(
-            snakemake.input.images,  # noqa: F821
-            snakemake.output.weights,  # noqa: F821
-            snakemake.output.history,  # noqa: F821
-            snakemake.params.model,  # noqa: F821
-            snakemake.params.training,  # noqa: F821
-            snakemake.params.seed,  # noqa: F821
-            snakemake.params.device,  # noqa: F821
-            snakemake.threads,  # noqa: F821
+            snakemake.input.images,
+            snakemake.output.weights,
+            snakemake.output.history,
+            snakemake.params.model,
+            snakemake.params.training,
+            snakemake.params.seed,
+            snakemake.params.device,
+            snakemake.threads,
         )

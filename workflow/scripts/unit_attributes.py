@@ -2,17 +2,13 @@
 
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-if "snakemake" in globals():  # make the library importable inside any rule environment
-    sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
+import h5py
+import numpy as np
+import torch
 
-import h5py  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from unitablation.attributes import (  # noqa: E402
+from unitablation.attributes import (
     accumulate,
     attribute_table,
     find_producer,
@@ -22,10 +18,10 @@ from unitablation.attributes import (  # noqa: E402
     outgoing_l1,
     rotated_summaries,
 )
-from unitablation.logs import logged_to  # noqa: E402
-from unitablation.models import load_configured_model  # noqa: E402
-from unitablation.rotation import haar_rotation, parse_basis  # noqa: E402
-from unitablation.store import ActivationStore, atomic_paths  # noqa: E402
+from unitablation.logs import logged_to
+from unitablation.models import load_configured_model
+from unitablation.rotation import haar_rotation, parse_basis
+from unitablation.store import ActivationStore, atomic_paths
 
 ROWS_PER_READ = 4096
 MAPS_PER_READ = 256
@@ -104,13 +100,13 @@ def main(
 
 
 if "snakemake" in globals():
-    with logged_to(snakemake.log[0]):  # noqa: F821
+    with logged_to(snakemake.log[0]):
         main(
-            snakemake.input.store,  # noqa: F821
-            snakemake.input.weights,  # noqa: F821
-            snakemake.output.table,  # noqa: F821
-            snakemake.output.matrices,  # noqa: F821
-            snakemake.wildcards.layer,  # noqa: F821
-            snakemake.wildcards.basis,  # noqa: F821
-            snakemake.params.model,  # noqa: F821
+            snakemake.input.store,
+            snakemake.input.weights,
+            snakemake.output.table,
+            snakemake.output.matrices,
+            snakemake.wildcards.layer,
+            snakemake.wildcards.basis,
+            snakemake.params.model,
         )

@@ -1,16 +1,12 @@
 """Rule adapter: units.csv, one row per unit with its drops, attributes and concepts joined."""
 
 import sys
-from pathlib import Path
 
-if "snakemake" in globals():  # make the library importable inside any rule environment
-    sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
-
-from unitablation.concept_status import NO_CONCEPT_SET, unmeasured_concepts  # noqa: E402
-from unitablation.logs import logged_to  # noqa: E402
-from unitablation.store import atomic_path, open_hdf5, require_datasets  # noqa: E402
-from unitablation.table_io import read_class_matrix, read_table  # noqa: E402
-from unitablation.tables import unit_table, with_detectors  # noqa: E402
+from unitablation.concept_status import NO_CONCEPT_SET, unmeasured_concepts
+from unitablation.logs import logged_to
+from unitablation.store import atomic_path, open_hdf5, require_datasets
+from unitablation.table_io import read_class_matrix, read_table
+from unitablation.tables import unit_table, with_detectors
 
 
 def main(
@@ -58,16 +54,16 @@ def main(
 
 
 if "snakemake" in globals():
-    with logged_to(snakemake.log[0]):  # noqa: F821
+    with logged_to(snakemake.log[0]):
         main(
-            snakemake.input.drops,  # noqa: F821
-            snakemake.input.class_drops,  # noqa: F821
-            snakemake.input.prob_drops,  # noqa: F821
-            snakemake.input.attributes,  # noqa: F821
-            snakemake.input.get("concepts"),  # noqa: F821
-            snakemake.output.table,  # noqa: F821
-            snakemake.wildcards.model,  # noqa: F821
-            snakemake.wildcards.layer,  # noqa: F821
-            snakemake.wildcards.basis,  # noqa: F821
-            snakemake.params.iou_threshold,  # noqa: F821
+            snakemake.input.drops,
+            snakemake.input.class_drops,
+            snakemake.input.prob_drops,
+            snakemake.input.attributes,
+            snakemake.input.get("concepts"),
+            snakemake.output.table,
+            snakemake.wildcards.model,
+            snakemake.wildcards.layer,
+            snakemake.wildcards.basis,
+            snakemake.params.iou_threshold,
         )

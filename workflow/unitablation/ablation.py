@@ -19,7 +19,7 @@ ablated logits. Three routes, fastest first, all exact up to float rounding (`ro
 
 A unit is an index along `unit_dim` of the raw layer output: 1 for conv (N, C, H, W) and linear
 (N, C), 2 for tokens (N, L, C), where it is replaced at every token (`replacement.py`). The
-replacement is zero (README "Definitions") or, in `mean` mode, each unit's mean activation.
+replacement is zero (docs/definitions.md) or, in `mean` mode, each unit's mean activation.
 
 Each chunk's unablated logits come from the same route as its ablated ones, so drops and gross
 losses (`lost`: correct -> wrong) never mix two computations; `compare_baseline` checks that

@@ -1,4 +1,4 @@
-"""Unit attributes (README "Definitions"): weight L1 norms, selectivity, class correlation, extras.
+"""Unit attributes (docs/definitions.md): weight L1 norms, selectivity, class correlation, extras.
 
 Everything but the weight norms is computed from the stored spatial means a_u(x) and maxima of
 the eval split, streamed in row batches so memory does not grow with the eval set.
@@ -151,7 +151,7 @@ def incoming_l1(
     """Sum of |weights| of the filter making each unit (bias excluded), and the same with the
     batch-norm scale gamma / sqrt(var + eps) folded into the filter when a batch norm follows.
 
-    With a rotation R the filter of direction j is sum_k r_jk W_k (README "Definitions").
+    With a rotation R the filter of direction j is sum_k r_jk W_k (docs/definitions.md).
     """
     if producer.op is None:
         return np.full(channels, np.nan), np.full(channels, np.nan)
@@ -225,7 +225,7 @@ def outgoing_class(
 def rotated_summaries(maps: np.ndarray, rotation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Spatial means of max(z_j, 0) and spatial maxima of z_j for a batch of (B, C, h, w) maps.
 
-    z_j = r_j . a at every position: the rotated units' maps. Rectified (README "Definitions"), so
+    z_j = r_j . a at every position: the rotated units' maps. Rectified (docs/definitions.md), so
     activation-based attributes of a rotated unit read a non-negative map like a ReLU unit's.
     """
     z = np.einsum("jc,bc...->bj...", np.asarray(rotation, np.float64), maps.astype(np.float64))

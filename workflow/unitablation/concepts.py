@@ -1,6 +1,6 @@
 """Network Dissection concept IoU of units against a Broden-layout concept set.
 
-Rules (README "Definitions", concept alignment):
+Rules (docs/definitions.md, concept alignment):
 
 - Threshold: T_u = numpy.quantile(values, 1 - quantile) with numpy's default linear
   interpolation, exact, over the N * h * w activations of unit u on all concept images at native

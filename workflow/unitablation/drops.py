@@ -1,4 +1,4 @@
-"""From ablation counts to drops: overall, per class, the most-hurt class (README "Definitions").
+"""From ablation counts to drops: overall, per class, the most-hurt class (docs/definitions.md).
 
 All accuracy drops are in percentage points (0-100); probability drops are in probability units.
 """

@@ -1,4 +1,4 @@
-"""Analysis statistics: how well unit attributes predict ablation drops (README "Definitions").
+"""Analysis statistics: how well unit attributes predict ablation drops (docs/definitions.md).
 
 Correlations (Spearman, Pearson, bootstrap CI of Spearman over units) between each numeric
 attribute and each drop target, and class-prediction hit rates of class-valued attributes
