@@ -49,14 +49,15 @@ COMPOSITION = """\
   is read as such, but values inside a list or mapping stay strings, so give nested numbers
   (`ablation.shard_size`, ...) in a small `--configfile` instead.
 - The merged config is validated against the schema before any job runs: a wrong key, type or
-  value fails with a message naming the key, and unset keys take the defaults below. Model
-  entries are then checked against the installed libraries (unknown architectures and module
-  paths fail, naming the closest valid ones).
+  value fails with a message naming the key, and unset keys take the defaults below. Each
+  studied model is then built once (on PyTorch's meta device where it can be): an unknown source
+  fails naming the closest valid names, a missing layer listing the module paths that exist.
 - Each rule gets through `params:` exactly the keys that change its outputs, so editing a key
   reruns only the jobs that read it; keys described as scheduling or memory settings (threads,
   `concepts.unit_block`, ...) rerun nothing.
-- `tests/configs/tiny.yaml` runs the whole pipeline in seconds (what the workflow tests use), for
-  trying a change: `.venv/bin/snakemake --cores 2 --configfile tests/configs/tiny.yaml`.
+- `tests/configs/tiny.yaml` (a tiny world and four tiny variants, what the workflow tests run)
+  tries a change on the whole pipeline in a folder of its own: `.venv/bin/snakemake --cores 2
+  --snakefile Snakefile --directory /tmp/tiny --configfile tests/configs/tiny.yaml`.
 """
 
 
