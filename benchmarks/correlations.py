@@ -29,12 +29,8 @@ import torch
 from reporting import hardware, print_table, timed, write_report
 from scipy import stats
 
-from unitablation.statistics import (
-    NUMERIC_ATTRIBUTES,
-    TARGETS,
-    _rng,
-    correlation_table,
-)
+from unitablation.attribute_registry import numeric_attributes
+from unitablation.statistics import TARGETS, _rng, correlation_table
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-12
@@ -54,7 +50,7 @@ def units_table(units: int, seed: int) -> pd.DataFrame:
     """Seeded per-unit values for every numeric attribute and target, a fifth of them tied."""
     rng = np.random.default_rng(seed)
     table: dict[str, np.ndarray] = {"unit": np.arange(units)}
-    for name in (*NUMERIC_ATTRIBUTES, *TARGETS):
+    for name in (*numeric_attributes(), *TARGETS):
         values = rng.normal(size=units)
         tied = rng.random(units) < 0.2
         values[tied] = np.round(values[tied])
@@ -65,7 +61,7 @@ def units_table(units: int, seed: int) -> pd.DataFrame:
 def loop_cis(units: pd.DataFrame, bootstrap: int, seed: int) -> np.ndarray:
     """(rows, 2) CIs by a loop of scipy Spearman over resamples drawn like correlation_table."""
     bounds = []
-    for attribute in NUMERIC_ATTRIBUTES:
+    for attribute in numeric_attributes():
         for target in TARGETS:
             x, y = units[attribute].to_numpy(), units[target].to_numpy()
             draws = _rng(seed, attribute, target).integers(0, len(x), size=(bootstrap, len(x)))

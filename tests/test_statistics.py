@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from unitablation.attribute_registry import numeric_attributes
 from unitablation.drops import drop_tables
 from unitablation.statistics import (
     CLASS_PREDICTION_COLUMNS,
     CORRELATION_COLUMNS,
-    NUMERIC_ATTRIBUTES,
     _resampled_ranks,
     bootstrap_spearman_ci,
     class_prediction_table,
@@ -197,7 +197,7 @@ def test_full_size_table_bootstraps_without_a_per_resample_loop(
     rng = np.random.default_rng(0)
     n = 512
     units = units_table(
-        **{name: rng.normal(size=n) for name in NUMERIC_ATTRIBUTES},
+        **{name: rng.normal(size=n) for name in numeric_attributes()},
         overall_drop=rng.normal(size=n),
         max_class_drop=rng.normal(size=n),
     )

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from unitablation.statistics import CLASS_ATTRIBUTES
+from unitablation.attribute_registry import class_attributes
 from unitablation.table_io import CLASS_COLUMNS, is_name_column, read_class_matrix, read_table
 
 
@@ -85,7 +85,7 @@ def test_options_apply_to_every_column(tmp_path: Path) -> None:
 
 
 def test_every_class_attribute_is_a_class_column() -> None:
-    assert set(CLASS_ATTRIBUTES) <= CLASS_COLUMNS
+    assert set(class_attributes()) <= CLASS_COLUMNS
     assert all(map(is_name_column, ("concept_object", "concept_category", "basis", "units")))
     assert not any(map(is_name_column, ("iou_object", "iou", "unit", "n_tied", "accuracy")))
 

@@ -168,7 +168,8 @@ def test_rotated_basis_attributes_and_concepts(tiny_run: Path) -> None:
 
 def test_analysis_tables_join_and_summarise_the_per_unit_tables(tiny_run: Path) -> None:
     """units.csv repeats the drop, attribute and concept tables; statistics cover every pair."""
-    from unitablation.statistics import CLASS_ATTRIBUTES, NUMERIC_ATTRIBUTES, TARGETS
+    from unitablation.attribute_registry import class_attributes, numeric_attributes
+    from unitablation.statistics import TARGETS
 
     config = yaml.safe_load(TINY.read_text())
     for variant, layer, basis in itertools.product(VARIANTS, config["layers"], ("unit", "rot7")):
@@ -187,12 +188,12 @@ def test_analysis_tables_join_and_summarise_the_per_unit_tables(tiny_run: Path) 
         assert (first == units["most_hurt_class"]).all()
         correlations = pd.read_csv(folder / "correlations.csv")
         assert list(zip(correlations["attribute"], correlations["target"], strict=True)) == [
-            (a, t) for a in NUMERIC_ATTRIBUTES for t in TARGETS
+            (a, t) for a in numeric_attributes() for t in TARGETS
         ]
         assert (correlations["n_units"] + correlations["n_excluded"] == 8).all()
         prediction = pd.read_csv(folder / "class_prediction.csv")
-        assert prediction["attribute"].tolist() == [a for a in CLASS_ATTRIBUTES for _ in "12"]
-        assert prediction["unit_set"].tolist() == ["hurting", "all"] * len(CLASS_ATTRIBUTES)
+        assert prediction["attribute"].tolist() == [a for a in class_attributes() for _ in "12"]
+        assert prediction["unit_set"].tolist() == ["hurting", "all"] * len(class_attributes())
         assert np.allclose(prediction["chance_top1"], 1 / config["world"]["n_classes"])
         if basis != "unit":
             assert not units["dead"].any()  # a rotated direction is never dead

@@ -1,6 +1,6 @@
 """Rule adapter: results/comparison/{variants,rotation}.csv, all (model, layer, basis) rows."""
 
-import sys
+import logging
 from collections.abc import Sequence
 
 from unitablation.accuracy import never_predicted
@@ -8,6 +8,8 @@ from unitablation.logs import logged_to
 from unitablation.store import atomic_paths
 from unitablation.table_io import read_table
 from unitablation.tables import comparison_row, comparison_table, overall_accuracy
+
+LOG = logging.getLogger("unitablation.scripts.compare")
 
 
 def main(
@@ -43,7 +45,7 @@ def main(
         )
     everything = comparison_table(rows)
     variants = everything[everything["basis"] == "unit"]
-    print(variants.iloc[:, :12].to_string(index=False), file=sys.stderr)
+    LOG.info(f"variants (first 12 columns):\n{variants.iloc[:, :12].to_string(index=False)}")
     with atomic_paths([variants_out, rotation_out]) as (variants_tmp, rotation_tmp):
         variants.to_csv(variants_tmp, index=False, float_format="%.6g")
         everything.to_csv(rotation_tmp, index=False, float_format="%.6g")

@@ -1,7 +1,7 @@
 """Rule adapter: correlations.csv, class_prediction.csv and concentration.csv of one
 (model, layer, basis)."""
 
-import sys
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,6 +16,8 @@ from unitablation.statistics import class_prediction_table, correlation_table
 from unitablation.store import atomic_paths
 from unitablation.table_io import read_class_matrix, read_table
 from unitablation.tables import KEYS
+
+LOG = logging.getLogger("unitablation.scripts.layer_statistics")
 
 #: M_u from the HDF5 counts and from units.csv (written with 6 significant digits) must agree
 #: this closely (points), else the two files are not of the same ablation.
@@ -89,10 +91,9 @@ def main(
     identity = units[list(KEYS)].iloc[0]
     unmeasured = {} if concepts_measured(units) else {"iou": NO_CONCEPT_SET}
     if unmeasured:
-        print(
+        LOG.warning(
             f"{NO_CONCEPT_SET}: concept IoU correlations undefined, class prediction by "
-            "concept (concept_class) skipped (no unit has a concept class)",
-            file=sys.stderr,
+            "concept (concept_class) skipped (no unit has a concept class)"
         )
     correlations = correlation_table(
         units, bootstrap=analysis["bootstrap"], seed=seed, unmeasured=unmeasured
@@ -104,9 +105,9 @@ def main(
     for table in (correlations, prediction, concentrated):
         for position, key in enumerate(KEYS):
             table.insert(position, key, identity[key])
-    print(correlations.to_string(index=False), file=sys.stderr)
-    print(prediction.to_string(index=False), file=sys.stderr)
-    print(f"concentration: {concentration_summary(concentrated)}", file=sys.stderr)
+    LOG.info(f"correlations:\n{correlations.to_string(index=False)}")
+    LOG.info(f"class prediction:\n{prediction.to_string(index=False)}")
+    LOG.info(f"concentration: {concentration_summary(concentrated)}")
     paths = [correlations_out, prediction_out, concentration_out]
     with atomic_paths(paths) as (correlations_tmp, prediction_tmp, concentration_tmp):
         correlations.to_csv(correlations_tmp, index=False, float_format="%.6g")

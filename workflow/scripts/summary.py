@@ -1,6 +1,6 @@
 """Rule adapter: results/summary.md, generated from the comparison and cumulative tables."""
 
-import sys
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -8,6 +8,8 @@ from unitablation.logs import logged_to
 from unitablation.store import atomic_path
 from unitablation.summary import summary_markdown
 from unitablation.table_io import read_table
+
+LOG = logging.getLogger("unitablation.scripts.summary")
 
 
 def main(variants: str, rotation: str, cumulative: Sequence[str], summary_out: str) -> None:
@@ -17,7 +19,7 @@ def main(variants: str, rotation: str, cumulative: Sequence[str], summary_out: s
         parts = Path(path).parts  # results/<model>/<layer>/unit/cumulative.csv
         tables[(parts[-4], parts[-3])] = read_table(path)
     text = summary_markdown(read_table(variants), read_table(rotation), tables)
-    print(text, file=sys.stderr)
+    LOG.info(f"summary:\n{text}")
     with atomic_path(summary_out) as temporary:
         temporary.write_text(text)
 

@@ -1,6 +1,6 @@
 """Rule adapter: per-unit attributes of one layer (weight norms, selectivity, correlation)."""
 
-import sys
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +23,7 @@ from unitablation.models import load_configured_model
 from unitablation.rotation import haar_rotation, parse_basis
 from unitablation.store import ActivationStore, atomic_paths
 
+LOG = logging.getLogger("unitablation.scripts.unit_attributes")
 ROWS_PER_READ = 4096
 MAPS_PER_READ = 256
 
@@ -63,12 +64,12 @@ def main(
         classes = store.classes
         layout = store.layout(layer)
         channels = layout.units
-        print(f"layer {layer}: {layout.describe()}", file=sys.stderr)
+        LOG.info(f"layer {layer}: {layout.describe()}")
         rotation = None if seed is None else haar_rotation(channels, seed)
         model, _, _ = load_configured_model(model_entry, weights, torch.device("cpu"), classes)
         producer = find_producer(model, layer)
         if producer.op is None:
-            print(f"l1_in undefined for {layer}: {producer.reason}", file=sys.stderr)
+            LOG.warning(f"l1_in undefined for {layer}: {producer.reason}")
         l1_in, l1_in_bn = incoming_l1(producer, channels, rotation)
         l1_out = outgoing_l1(model, layer, channels, rotation)
         out_class = outgoing_class(model, layer, channels, rotation)
@@ -83,11 +84,10 @@ def main(
     excluded = int(table["class_correlation"].isna().sum())
     dead = [int(unit) for unit in table.loc[table["dead"], "unit"]]
     constant = [int(unit) for unit in table.loc[table["constant"], "unit"]]
-    print(
+    LOG.info(
         f"{channels} units; correlation undefined (constant activation) for {excluded}; "
         f"maps rectified: {rectified}; dead (never active on the eval set, rectified maps "
-        f"only): {len(dead)} {dead}; constant: {len(constant)} {constant}",
-        file=sys.stderr,
+        f"only): {len(dead)} {dead}; constant: {len(constant)} {constant}"
     )
     with atomic_paths([table_out, matrices_out]) as (table_tmp, matrices_tmp):
         table.to_csv(table_tmp, index=False, float_format="%.8g")

@@ -1,12 +1,14 @@
 """Rule adapter: units.csv, one row per unit with its drops, attributes and concepts joined."""
 
-import sys
+import logging
 
 from unitablation.concept_status import NO_CONCEPT_SET, unmeasured_concepts
 from unitablation.logs import logged_to
 from unitablation.store import atomic_path, open_hdf5, require_datasets
 from unitablation.table_io import read_class_matrix, read_table
 from unitablation.tables import unit_table, with_detectors
+
+LOG = logging.getLogger("unitablation.scripts.unit_table")
 
 
 def main(
@@ -48,7 +50,7 @@ def main(
         if concepts is None
         else f"detectors (IoU >= {iou_threshold}): {int(table['is_detector'].sum())}"
     )
-    print(f"{len(table)} units, {len(table.columns)} columns; {detectors}", file=sys.stderr)
+    LOG.info(f"{len(table)} units, {len(table.columns)} columns; {detectors}")
     with atomic_path(table_out) as temporary:
         table.to_csv(temporary, index=False, float_format="%.8g")
 

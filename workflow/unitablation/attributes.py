@@ -1,12 +1,14 @@
-"""Unit attributes (docs/definitions.md): weight L1 norms, selectivity, class correlation, extras.
+"""Unit attributes (docs/definitions.md): weight L1 norms here, and attributes.csv assembled.
 
 Everything but the weight norms is computed from the stored spatial means a_u(x) and maxima of
-the eval split, streamed in row batches so memory does not grow with the eval set.
+the eval split, streamed in row batches so memory does not grow with the eval set: the sums live
+in activation_statistics (torch-free; its names are re-exported here), and each attribute's
+computation is its entry of attribute_registry, which attribute_table iterates.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,7 +16,40 @@ import pandas as pd
 import torch
 from torch import fx, nn
 
+from .activation_statistics import (
+    SELECTIVITY_EPSILON,
+    ActivationStatistics,
+    accumulate,
+    class_correlation,
+    class_means,
+    constant_units,
+    dead_units,
+    rotated_summaries,
+    selectivity,
+    softmax,
+)
+from .attribute_registry import ATTRIBUTES, UnitAttribute
 from .suffix import NotACutPoint, analyse_head, split_suffix
+
+__all__ = [
+    "SELECTIVITY_EPSILON",
+    "ActivationStatistics",
+    "Producer",
+    "accumulate",
+    "attribute_table",
+    "class_correlation",
+    "class_means",
+    "constant_units",
+    "dead_units",
+    "find_producer",
+    "incoming_l1",
+    "is_rectified",
+    "outgoing_class",
+    "outgoing_l1",
+    "rotated_summaries",
+    "selectivity",
+    "softmax",
+]
 
 #: Element-wise activations: output channel u depends on input channel u alone.
 ELEMENTWISE = (
@@ -40,7 +75,6 @@ PASS_THROUGH = (
     nn.Dropout,
     nn.Identity,
 )
-SELECTIVITY_EPSILON = 1e-7
 #: Modules whose output is never negative: a unit there with max <= 0 everywhere is all zero.
 RECTIFIERS = (nn.ReLU, nn.ReLU6)
 #: Modules that keep a non-negative input non-negative, walked through to find a rectifier.
@@ -222,129 +256,28 @@ def outgoing_class(
     return _rotated_inputs(weight, rotation)[:, :, 0].argmax(0).numpy()
 
 
-def rotated_summaries(maps: np.ndarray, rotation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Spatial means of max(z_j, 0) and spatial maxima of z_j for a batch of (B, C, h, w) maps.
-
-    z_j = r_j . a at every position: the rotated units' maps. Rectified (docs/definitions.md), so
-    activation-based attributes of a rotated unit read a non-negative map like a ReLU unit's.
-    """
-    z = np.einsum("jc,bc...->bj...", np.asarray(rotation, np.float64), maps.astype(np.float64))
-    flat = z.reshape(z.shape[0], z.shape[1], -1)
-    return np.maximum(flat, 0.0).mean(axis=2), flat.max(axis=2)
+def _class_names(indices: np.ndarray, classes: Sequence[str]) -> list[str]:
+    """Class names of class indices, "" where the index is -1 (no such class)."""
+    return [classes[k] if k >= 0 else "" for k in indices]
 
 
-@dataclass
-class ActivationStatistics:
-    """Streamed sums over eval images, enough for every activation-based attribute."""
-
-    class_sums: np.ndarray  # (K, C) sum of a_u over V_c
-    class_counts: np.ndarray  # (K,)
-    sum_a: np.ndarray  # (C,)
-    sum_a2: np.ndarray  # (C,)
-    sum_p: np.ndarray  # (K,)
-    sum_p2: np.ndarray  # (K,)
-    sum_ap: np.ndarray  # (C, K)
-    active: np.ndarray  # (C,) images where the unit's spatial max > 0
-    count: int
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64."""
-    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
-def accumulate(
-    batches: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], num_classes: int
-) -> ActivationStatistics:
-    """Sum statistics over (means (B, C), maxima (B, C), labels (B,), logits (B, K)) batches."""
-    stats: ActivationStatistics | None = None
-    for means, maxima, labels, logits in batches:
-        means = means.astype(np.float64)
-        probabilities = softmax(logits)
-        one_hot = np.eye(num_classes)[labels]
-        if stats is None:
-            channels = means.shape[1]
-            stats = ActivationStatistics(
-                class_sums=np.zeros((num_classes, channels)),
-                class_counts=np.zeros(num_classes),
-                sum_a=np.zeros(channels),
-                sum_a2=np.zeros(channels),
-                sum_p=np.zeros(num_classes),
-                sum_p2=np.zeros(num_classes),
-                sum_ap=np.zeros((channels, num_classes)),
-                active=np.zeros(channels),
-                count=0,
-            )
-        stats.class_sums += one_hot.T @ means
-        stats.class_counts += one_hot.sum(0)
-        stats.sum_a += means.sum(0)
-        stats.sum_a2 += (means**2).sum(0)
-        stats.sum_p += probabilities.sum(0)
-        stats.sum_p2 += (probabilities**2).sum(0)
-        stats.sum_ap += means.T @ probabilities
-        stats.active += (maxima > 0).sum(0)
-        stats.count += len(labels)
-    if stats is None:
-        raise ValueError("no eval images")
-    return stats
-
-
-def class_means(stats: ActivationStatistics) -> np.ndarray:
-    """mu_c per unit (C, K); NaN for classes without eval images."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = stats.class_sums / stats.class_counts[:, None]
-    means[stats.class_counts == 0] = np.nan
-    return means.T
-
-
-def selectivity(mu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Class selectivity SI = (mu_max - mu_rest) / (mu_max + mu_rest + 1e-7) and its argmax class.
-
-    mu (C, K) holds class means; classes with NaN means (no images) are left out of max and rest.
-    When no class stands out (mu_max = mu_rest: all class means equal, as for a dead unit whose
-    every mu_c is 0) SI is 0 by the formula and the selective class is -1 (undefined), not the
-    first class.
-    """
-    present = ~np.isnan(mu)
-    filled = np.where(present, mu, -np.inf)
-    best = filled.argmax(axis=1)
-    top = filled[np.arange(len(mu)), best]
-    others = present.sum(axis=1) - 1
-    rest = (np.where(present, mu, 0.0).sum(axis=1) - top) / np.maximum(others, 1)
-    best = np.where(top > rest, best, -1)  # mu_rest is a mean of values <= mu_max
-    return (top - rest) / (top + rest + SELECTIVITY_EPSILON), best
-
-
-def class_correlation(stats: ActivationStatistics) -> np.ndarray:
-    """Pearson rho (C, K) between a_u(x) and p_c(x) over all eval images; NaN where constant."""
-    n = stats.count
-    mean_a, mean_p = stats.sum_a / n, stats.sum_p / n
-    covariance = stats.sum_ap / n - np.outer(mean_a, mean_p)
-    var_a = np.maximum(stats.sum_a2 / n - mean_a**2, 0.0)
-    var_p = np.maximum(stats.sum_p2 / n - mean_p**2, 0.0)
-    scale = np.sqrt(np.outer(var_a, var_p))
-    constant = (var_a <= 1e-12 * np.maximum(1.0, stats.sum_a2 / n))[:, None] | (var_p <= 1e-18)[
-        None, :
-    ]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rho = covariance / scale
-    rho[constant] = np.nan
-    return np.clip(rho, -1.0, 1.0)
-
-
-def dead_units(stats: ActivationStatistics, rectified: bool) -> np.ndarray:
-    """(C,) True for units never active on the eval set (spatial max <= 0 on every image) where
-    maps are rectified (unit basis of a post-ReLU layer); elsewhere no unit is dead."""
-    return (stats.active == 0) & rectified
-
-
-def constant_units(stats: ActivationStatistics) -> np.ndarray:
-    """(C,) True where a_u(x) has zero variance over the eval set (the correlation's tolerance)."""
-    mean_square = stats.sum_a2 / stats.count
-    variance = np.maximum(mean_square - (stats.sum_a / stats.count) ** 2, 0.0)
-    return variance <= 1e-12 * np.maximum(1.0, mean_square)
+def _columns(
+    attributes: Sequence[UnitAttribute], given: dict[str, np.ndarray]
+) -> list[UnitAttribute]:
+    """The entries attributes.csv holds, in its column order: each numeric attribute of the
+    weights or the statistics (registry order) followed by its argmax class, then any other
+    class attribute of the statistics."""
+    held = [a for a in attributes if a.source == "statistics" or a.name in given]
+    names = {a.name: a for a in held}
+    ordered: list[UnitAttribute] = []
+    for entry in held:
+        if entry.kind != "numeric":
+            continue
+        ordered.append(entry)
+        if entry.argmax_class in names:
+            ordered.append(names[entry.argmax_class])
+    ordered += [a for a in held if a not in ordered]
+    return ordered
 
 
 def attribute_table(
@@ -356,39 +289,35 @@ def attribute_table(
     out_class: np.ndarray | None = None,
     *,
     rectified: bool,
+    attributes: Sequence[UnitAttribute] = ATTRIBUTES,
 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """attributes.csv rows (one per unit), plus the (C, K) class means and correlations.
 
+    The weight columns are the arguments; every `attributes` entry of source "statistics" is
+    computed by its `from_statistics` (class indices become class names, "" for -1).
     `rectified` says whether the maps are a ReLU's (unit basis of a post-ReLU layer): only
     there is a never-active unit `dead`. A dead unit has SI 0, no selective class, and a NaN
     class correlation with no correlated class; so has any `constant` unit (zero variance).
     """
-    mu = class_means(stats)
-    si, selective = selectivity(mu)
-    rho = class_correlation(stats)
-    undefined = np.isnan(rho).all(axis=1)
-    correlated = np.where(undefined, -1, np.nanargmax(np.where(undefined[:, None], 0, rho), 1))
-    with np.errstate(invalid="ignore"):
-        best_rho = np.where(undefined, np.nan, np.nanmax(np.where(undefined[:, None], 0, rho), 1))
-    mean = stats.sum_a / stats.count
-    if out_class is None:
-        out_class = np.full(len(mean), -1)
-    table = pd.DataFrame(
-        {
-            "unit": np.arange(len(mean)),
-            "l1_in": l1_in,
-            "l1_in_bn": l1_in_bn,
-            "l1_out": l1_out,
-            "outgoing_class": [classes[k] if k >= 0 else "" for k in out_class],
-            "selectivity": si,
-            "selective_class": [classes[k] if k >= 0 else "" for k in selective],
-            "class_correlation": best_rho,
-            "correlated_class": [classes[k] if k >= 0 else "" for k in correlated],
-            "mean_activation": mean,
-            "active_fraction": stats.active / stats.count,
-            "activation_variance": np.maximum(stats.sum_a2 / stats.count - mean**2, 0.0),
-            "dead": dead_units(stats, rectified),
-            "constant": constant_units(stats),
-        }
-    )
-    return table, mu, rho
+    channels = len(stats.sum_a)
+    given = {
+        "l1_in": l1_in,
+        "l1_in_bn": l1_in_bn,
+        "l1_out": l1_out,
+        "outgoing_class": np.full(channels, -1) if out_class is None else out_class,
+    }
+    weights = {a.name for a in attributes if a.source == "weights"}
+    if weights != set(given):
+        raise ValueError(
+            f"the attribute table's weight attributes {sorted(weights)} are not the ones "
+            f"attribute_table is given {sorted(given)}"
+        )
+    columns: dict[str, object] = {"unit": np.arange(channels)}
+    for entry in _columns(attributes, given):
+        values = (
+            given[entry.name] if entry.from_statistics is None else entry.from_statistics(stats)
+        )
+        columns[entry.name] = _class_names(values, classes) if entry.kind == "class" else values
+    columns["dead"] = dead_units(stats, rectified)
+    columns["constant"] = constant_units(stats)
+    return pd.DataFrame(columns), class_means(stats), class_correlation(stats)

@@ -17,27 +17,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .attribute_registry import class_attributes, numeric_attributes
 from .degenerate import constant_flags, dead_flags
 from .drops import TIE_TOLERANCE, rank_classes
 
-NUMERIC_ATTRIBUTES: tuple[str, ...] = (
-    "l1_in",
-    "l1_in_bn",
-    "l1_out",
-    "selectivity",
-    "class_correlation",
-    "iou",
-    "mean_activation",
-    "active_fraction",
-    "activation_variance",
-)
+#: The drops each numeric attribute is correlated with. The attributes (rows of the tables, in
+#: order) are attribute_registry's: numeric_attributes() and class_attributes().
 TARGETS: tuple[str, ...] = ("overall_drop", "max_class_drop")
-CLASS_ATTRIBUTES: tuple[str, ...] = (
-    "selective_class",
-    "correlated_class",
-    "outgoing_class",
-    "concept_class",
-)
 
 CORRELATION_COLUMNS: tuple[str, ...] = (
     "attribute",
@@ -147,7 +133,7 @@ def bootstrap_spearman_ci(
 
 def correlation_table(
     units: pd.DataFrame,
-    attributes: Sequence[str] = NUMERIC_ATTRIBUTES,
+    attributes: Sequence[str] | None = None,
     targets: Sequence[str] = TARGETS,
     bootstrap: int = 1000,
     seed: int = 0,
@@ -155,6 +141,8 @@ def correlation_table(
     unmeasured: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """Spearman and Pearson (two-sided p) and a bootstrap CI of Spearman, per (attribute, target).
+
+    ``attributes`` defaults to the registry's numeric attributes, in its order.
 
     ``unmeasured`` maps attributes that were not measured (e.g. ``iou`` without a concept set)
     to the reason, which becomes their rows' ``undefined_reason`` (statistics NaN).
@@ -174,7 +162,7 @@ def correlation_table(
         raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
     n_dead = int(dead_flags(units).sum())
     rows = []
-    for attribute in attributes:
+    for attribute in numeric_attributes() if attributes is None else attributes:
         if attribute not in units.columns:
             continue
         x_all = _numeric(units, attribute)
@@ -274,7 +262,7 @@ def _hit_rates(
 
 def class_prediction_table(
     units: pd.DataFrame,
-    attributes: Sequence[str] = CLASS_ATTRIBUTES,
+    attributes: Sequence[str] | None = None,
     *,
     n_classes: int,
     permutations: int = 1000,
@@ -291,6 +279,7 @@ def class_prediction_table(
     The baseline shuffles the attribute's classes among counted units; permutation_p is
     one-sided on top-1, (1 + #shuffles with hits >= observed) / (1 + permutations). Each
     (attribute, unit set)'s shuffles use ``default_rng([seed, crc32(attribute), crc32(set)])``.
+    ``attributes`` defaults to the registry's class attributes, in its order.
     """
     if n_classes <= 0:
         raise ValueError(f"n_classes must be positive, got {n_classes}")
@@ -306,7 +295,7 @@ def class_prediction_table(
     dead, constant = dead_flags(units), constant_flags(units)
     members = {"hurting": hurting_flags(units), "all": np.ones(len(units), dtype=bool)}
     rows = []
-    for attribute in attributes:
+    for attribute in class_attributes() if attributes is None else attributes:
         if attribute not in units.columns:
             continue
         predicted_all = _class_names(units[attribute])

@@ -12,21 +12,9 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from .attribute_registry import attribute, class_attributes, phrase, summary_attributes
 from .concept_status import NO_CONCEPT_SET
 
-#: Attributes named in the RQ2 paragraph, with how the text calls them.
-ATTRIBUTE_NAMES = {
-    "l1_in": "incoming L1 norm",
-    "selectivity": "class selectivity",
-    "class_correlation": "class correlation",
-    "iou": "concept IoU",
-}
-CLASS_ATTRIBUTE_NAMES = {
-    "selective_class": "selective class",
-    "correlated_class": "correlated class",
-    "outgoing_class": "outgoing-weight class",
-    "concept_class": "concept-implied class",
-}
 #: The k reported from the cumulative ablation (or the largest k below it).
 CUMULATIVE_K = 4
 
@@ -153,7 +141,8 @@ def rq1(variants: pd.DataFrame) -> str:
 def class_hits(row: Mapping[str, object]) -> str:
     """RQ2's class-prediction sentence: top-1 hit rates over hurting units, with counts."""
     hits = []
-    for attr, name in CLASS_ATTRIBUTE_NAMES.items():
+    for attr in class_attributes():
+        name = phrase(attr)
         value = row.get(f"top1_{attr}", np.nan)
         if not pd.isna(value):
             count = row.get(f"n_{attr}", np.nan)
@@ -186,9 +175,9 @@ def rq2(variants: pd.DataFrame) -> str:
             ("max_class_drop", "max class drop"),
         ):
             values = {
-                name: row.get(f"spearman_{attr}_{target}", np.nan)
-                for attr, name in ATTRIBUTE_NAMES.items()
-                if attr != "iou" or not pd.isna(row.get("n_detectors", 0))
+                phrase(attr): row.get(f"spearman_{attr}_{target}", np.nan)
+                for attr in summary_attributes()
+                if attribute(attr).source != "concepts" or not pd.isna(row.get("n_detectors", 0))
             }
             listed = ", ".join(f"{name} {number(v)}" for name, v in values.items())
             parts.append(f"with the {label}: {listed}")

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from .attribute_registry import comparison_attributes
 from .concentration import concentration_summary
 from .concept_status import concepts_measured
 from .degenerate import constant_flags, dead_flags
@@ -84,8 +85,9 @@ def comparison_row(
     baseline.csv's n_predicted); `n_dead_units` and `n_constant_units` count units flagged in
     units.csv. Class-prediction rates `top1_<attribute>` are over hurting units (M_u > 0),
     `top1_<attribute>_all` over all units, each with its count `n_<attribute>[_all]`; the RQ1
-    concentration counts come from `concentration` (concentration.csv) when given. Without a
-    concept set (no finite IoU) `iou_mean` and `n_detectors` are empty.
+    concentration counts come from `concentration` (concentration.csv) when given. The
+    registry's comparison attributes give `<attribute>_mean`; without a concept set (no finite
+    IoU) `iou_mean` and `n_detectors` are empty.
     """
     row: dict[str, object] = {key: identity[key] for key in KEYS}
     row["baseline_accuracy"] = baseline_accuracy
@@ -103,8 +105,8 @@ def comparison_row(
     row[f"units_hurting_a_class_{HURT_POINTS:g}"] = int(
         (units["max_class_drop"] >= HURT_POINTS).sum()
     )
-    row["selectivity_mean"] = units["selectivity"].mean()
-    row["iou_mean"] = units["iou"].mean()
+    for attribute in comparison_attributes():
+        row[f"{attribute}_mean"] = units[attribute].mean()
     row["n_detectors"] = (
         int(units["is_detector"].astype(bool).sum()) if concepts_measured(units) else np.nan
     )
