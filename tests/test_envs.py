@@ -60,6 +60,9 @@ def test_env_files_agree_with_pip_pins() -> None:
 #: Import name -> conda-forge package name, where they differ.
 IMPORT_TO_CONDA = {"torch": "pytorch", "PIL": "pillow", "yaml": "pyyaml"}
 LIBRARY = ROOT / "workflow" / "unitablation"
+#: Library modules with a torch half that only torch jobs call (torch imported in the function):
+#: their function-level imports are left out (tests/test_figures.py imports them without torch).
+TORCH_OPTIONAL = {LIBRARY / "masks.py"}
 
 
 def rule_blocks() -> dict[str, str]:
@@ -72,6 +75,17 @@ def rule_blocks() -> dict[str, str]:
     return blocks
 
 
+def library_files(dotted: str, folder: Path = LIBRARY) -> list[Path]:
+    """The library files an import of `dotted` (below `folder`) runs: a module's file; for a
+    package, or a module in one, every module of the package (the figure registry imports
+    its package's modules itself)."""
+    path = folder.joinpath(*dotted.split("."))
+    package = path if path.is_dir() else path.parent
+    if package != LIBRARY and package.is_dir():
+        return sorted(package.glob("*.py"))
+    return [path.with_suffix(".py")]
+
+
 def third_party_imports(path: Path, seen: set[Path] | None = None) -> set[str]:
     """Top-level third-party modules a script imports, following the library's own modules.
 
@@ -82,11 +96,15 @@ def third_party_imports(path: Path, seen: set[Path] | None = None) -> set[str]:
         return set()
     seen.add(path)
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if path in TORCH_OPTIONAL and isinstance(node, ast.FunctionDef | ast.If):
+            node.body = []  # lazy and TYPE_CHECKING imports: never run in an analysis job
+    for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.level > 0:  # from .module import ...
-            module = (node.module or "").split(".")[0]
-            if module:
-                found |= third_party_imports(LIBRARY / f"{module}.py", seen)
+            if node.module:
+                for file in library_files(node.module, path.parent):
+                    found |= third_party_imports(file, seen)
             continue
         if isinstance(node, ast.ImportFrom):
             names = [node.module or ""]
@@ -97,9 +115,9 @@ def third_party_imports(path: Path, seen: set[Path] | None = None) -> set[str]:
         for dotted in names:
             name, _, rest = dotted.partition(".")
             if name == "unitablation":
-                module = rest.split(".")[0]
-                if module:
-                    found |= third_party_imports(LIBRARY / f"{module}.py", seen)
+                if rest:
+                    for file in library_files(rest):
+                        found |= third_party_imports(file, seen)
             elif name not in sys.stdlib_module_names and name != "__future__":
                 found.add(name)
     return found

@@ -1,11 +1,16 @@
-"""Paper figures: each script's main() on small synthetic tables, checked through the Figure."""
+"""Paper figures: each registered figure drawn by the rule script's main() on small synthetic
+tables, checked through the Figure; the registry and the mask definition."""
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
+import pkgutil
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import h5py
 import numpy as np
@@ -13,41 +18,62 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import PathPatch
 from matplotlib.text import Text
 from PIL import Image
 
-from unitablation import figures as lib
+from unitablation import figures, masks
 from unitablation.broden import BrodenWriter, LabelDef
 from unitablation.figures import (
-    MIN_FONT_SIZE,
-    baseline_accuracy,
-    bilinear_resize,
-    detector_count,
-    drops_figure,
-    example_units,
-    most_hurt_classes,
-    save_figure,
-    unit_mask,
+    attributes,
+    class_prediction,
+    correlations,
+    cumulative,
+    rotation,
+    variants,
 )
+from unitablation.figures import registry as reg
+from unitablation.figures.drops import drops_figure
+from unitablation.figures.examples import example_units, hurt_classes, most_hurt_classes
+from unitablation.figures.rotation import detector_count
+from unitablation.figures.style import MIN_FONT_SIZE, save_figure
+from unitablation.figures.variants import baseline_accuracy
+from unitablation.masks import unit_mask, upsample_numpy
+from unitablation.table_io import read_flag
 
-SCRIPTS = Path(__file__).resolve().parent.parent / "workflow" / "scripts"
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = ROOT / "workflow" / "scripts"
 CLASSES = ["apple", "boat", "cat", "dune", "elm", "fog"]
 LAYERS = ["features.relu4", "features.relu5"]
 N_UNITS = 12
 DPI = 50
 
 
-def script(name: str) -> ModuleType:
-    """Import workflow/scripts/figure_<name>.py as a module (its Snakemake adapter stays idle)."""
-    path = SCRIPTS / f"figure_{name}.py"
-    spec = importlib.util.spec_from_file_location(f"figure_{name}", path)
+def figure_script() -> ModuleType:
+    """Import workflow/scripts/figure.py as a module (its Snakemake adapter stays idle)."""
+    spec = importlib.util.spec_from_file_location("figure_script", SCRIPTS / "figure.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def draw(
+    name: str,
+    inputs: Mapping[str, Any],
+    stem: Path,
+    wildcards: Mapping[str, str] | None = None,
+    **settings: Any,
+) -> Figure:
+    """Draw a registered figure through the rule script, as its rule would, at DPI."""
+    keys = {f"figures.{key}": value for key, value in settings.items()}
+    wildcards = wildcards or {"model": "plain", "layer": "features.relu5"}
+    return figure_script().main(
+        name, inputs, {"figures.dpi": DPI, **keys}, wildcards, str(stem) + ".png"
+    )
 
 
 def units_table(layer: str, basis: str, seed: int, model: str = "plain") -> pd.DataFrame:
@@ -120,7 +146,7 @@ def all_texts(figure: Figure) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Masks: numpy bilinear upsampling equals torch's (align_corners=False).
+# Masks: the numpy and the torch implementation of the one definition agree.
 
 
 @pytest.mark.parametrize(
@@ -131,7 +157,35 @@ def test_bilinear_resize_matches_torch(shape: tuple[int, int], size: tuple[int, 
     expected = F.interpolate(
         torch.from_numpy(array)[None, None], size=size, mode="bilinear", align_corners=False
     )[0, 0].numpy()
-    np.testing.assert_allclose(bilinear_resize(array, size), expected, atol=1e-5)
+    np.testing.assert_allclose(upsample_numpy(array, size), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(("shape", "size"), [((2, 5, 4, 6), (13, 17)), ((3, 2, 7, 7), (7, 7))])
+def test_numpy_and_torch_masks_agree_on_random_maps(
+    shape: tuple[int, ...], size: tuple[int, int]
+) -> None:
+    """Both implementations in float64: the same values to rounding, and the same masks."""
+    rng = np.random.default_rng(5)
+    maps = rng.normal(size=shape)
+    thresholds = rng.normal(0.0, 0.5, shape[1])
+    torch_up = masks.upsample_torch(torch.from_numpy(maps), size).numpy()
+    np.testing.assert_allclose(masks.upsample_numpy(maps, size), torch_up, rtol=0, atol=1e-12)
+    torch_masks = masks.unit_masks_torch(torch.from_numpy(maps), size, torch.from_numpy(thresholds))
+    assert 0 < int(torch_masks.sum()) < torch_masks.numel()
+    for b in range(shape[0]):
+        for u in range(shape[1]):
+            numpy_mask = unit_mask(maps[b, u], size, thresholds[u])
+            np.testing.assert_array_equal(numpy_mask, torch_masks[b, u].numpy())
+
+
+def test_concept_iou_upsamples_through_the_mask_module() -> None:
+    """concepts.upsample is the torch implementation of masks (bit for bit, float32 maps)."""
+    from unitablation.concepts import upsample
+
+    maps = torch.from_numpy(np.random.default_rng(2).normal(size=(2, 3, 4, 5)).astype(np.float32))
+    expected = F.interpolate(maps, size=(9, 11), mode="bilinear", align_corners=False)
+    assert torch.equal(upsample(maps, (9, 11)), expected)
+    assert upsample(maps, (4, 5)) is maps
 
 
 def test_unit_mask_is_upsampled_map_above_threshold() -> None:
@@ -152,7 +206,7 @@ def test_drops_figure(tmp_path: Path) -> None:
         tables[basis] = units_table("features.relu5", basis, seed)
         paths.append(write_csv(tables[basis], tmp_path / basis / "units.csv"))
     stem = tmp_path / "fig" / "drops"
-    figure = script("drops").main(paths, str(stem), DPI)
+    figure = draw("drops", {"units": paths}, stem)
     check_saved(stem, figure, DPI)
     check_labelled(figure.axes)
     assert len(figure.axes) == 4
@@ -226,18 +280,8 @@ def concept_inputs(tmp_path: Path) -> dict[str, str]:
 def test_examples_figure(tmp_path: Path, concept_inputs: dict) -> None:
     i = concept_inputs
     stem = tmp_path / "fig" / "examples"
-    figure = script("examples").main(
-        i["units"],
-        i["class_drops"],
-        i["concepts"],
-        i["store"],
-        i["broden"],
-        "features.relu5",
-        str(stem),
-        DPI,
-        2,
-        3,
-    )
+    inputs = {k: i[k] for k in ("units", "class_drops", "concepts", "store", "broden")}
+    figure = draw("examples", inputs, stem, example_units=2, example_images=3)
     check_saved(stem, figure, DPI)
     units = pd.read_csv(i["units"])
     drops = pd.read_csv(i["class_drops"])
@@ -280,9 +324,9 @@ def test_most_hurt_classes_orders_and_breaks_ties_by_column() -> None:
     with pytest.raises(ValueError, match="unit 7"):
         most_hurt_classes(drops, 7)
     # the units table's own order (ties broken by probability drop) wins when it is given
-    assert list(lib.hurt_classes(drops, 0, 2, "c;b;a").index) == ["c", "b"]
-    assert list(lib.hurt_classes(drops, 0, 2, float("nan")).index) == ["b", "c"]
-    np.testing.assert_allclose(lib.hurt_classes(drops, 1, 5, "c;a").to_numpy(), [-1.0, 0.0])
+    assert list(hurt_classes(drops, 0, 2, "c;b;a").index) == ["c", "b"]
+    assert list(hurt_classes(drops, 0, 2, float("nan")).index) == ["b", "c"]
+    np.testing.assert_allclose(hurt_classes(drops, 1, 5, "c;a").to_numpy(), [-1.0, 0.0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,12 +362,11 @@ def test_attributes_figure(tmp_path: Path) -> None:
     units["active_fraction"] = np.nan  # a second NaN-only attribute
     correlations = correlation_rows("features.relu5", [*ATTRIBUTES, "mean_activation"], 1)
     stem = tmp_path / "attributes"
-    figure = script("attributes").main(
-        write_csv(units, tmp_path / "units.csv"),
-        write_csv(correlations, tmp_path / "correlations.csv"),
-        str(stem),
-        DPI,
-    )
+    inputs = {
+        "units": write_csv(units, tmp_path / "units.csv"),
+        "correlations": write_csv(correlations, tmp_path / "correlations.csv"),
+    }
+    figure = draw("attributes", inputs, stem)
     check_saved(stem, figure, DPI)
     check_labelled(figure.axes)
     kept = ["l1_in", "l1_in_bn", "selectivity", "class_correlation", "iou", "mean_activation"]
@@ -354,7 +397,7 @@ def test_correlations_heatmap(tmp_path: Path) -> None:
     tables[1].loc[0, "spearman_p"] = 0.001
     paths = [write_csv(t, tmp_path / f"{k}.csv") for k, t in enumerate(tables)]
     stem = tmp_path / "correlations"
-    figure = script("correlations").main(paths, str(stem), DPI)
+    figure = draw("correlations", {"correlations": paths}, stem, {"model": "plain"})
     check_saved(stem, figure, DPI)
     heatmap = figure.axes[0]
     check_labelled([heatmap])
@@ -407,7 +450,7 @@ def test_class_prediction_figure(tmp_path: Path) -> None:
     tables = [prediction_rows(layer, k) for k, layer in enumerate(LAYERS)]
     paths = [write_csv(t, tmp_path / f"{k}.csv") for k, t in enumerate(tables)]
     stem = tmp_path / "class_prediction"
-    figure = script("class_prediction").main(paths, str(stem), DPI)
+    figure = draw("class_prediction", {"predictions": paths}, stem, {"model": "plain"})
     check_saved(stem, figure, DPI)
     check_labelled(figure.axes)
     assert [ax.get_title() for ax in figure.axes] == LAYERS
@@ -434,7 +477,7 @@ def test_rotation_figure(tmp_path: Path) -> None:
             tables.append(table)
             paths.append(write_csv(table, tmp_path / layer / basis / "units.csv"))
     stem = tmp_path / "rotation"
-    figure = script("rotation").main(paths, str(stem), DPI)
+    figure = draw("rotation", {"units": paths}, stem, {"model": "plain"})
     check_saved(stem, figure, DPI)
     check_labelled(figure.axes)
     assert len(figure.axes) == 3 * len(LAYERS)
@@ -447,7 +490,20 @@ def test_rotation_figure(tmp_path: Path) -> None:
 def test_detector_count_reads_booleans_strings_and_unknowns() -> None:
     assert detector_count(pd.Series([True, False, True])) == 2.0
     assert detector_count(pd.Series(["True", "False", np.nan])) == 1.0
+    assert detector_count(pd.Series([" true", "FALSE", "", "maybe", 1.0])) == 2.0
     assert np.isnan(detector_count(pd.Series([np.nan, np.nan])))
+
+
+def test_read_flag_tells_true_false_and_no_flag() -> None:
+    assert [read_flag(v) for v in ("True", " false ", True, np.bool_(False), 1, 0.0)] == [
+        True,
+        False,
+        True,
+        False,
+        True,
+        False,
+    ]
+    assert [read_flag(v) for v in ("", "yes", None, float("nan"), np.float64("nan"))] == [None] * 5
 
 
 # ---------------------------------------------------------------------------------------------
@@ -477,17 +533,19 @@ def baseline_table(correct: list[int], total: int) -> pd.DataFrame:
     return pd.concat([per_class, overall], ignore_index=True)
 
 
-def test_variants_figure(tmp_path: Path) -> None:
+def test_variants_figure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the rule's inputs are paths under results/
     models = {"plain": LAYERS, "batchnorm": LAYERS, "other": ["layer4"]}
     unit_paths, baseline_paths = [], []
     for k, (model, layers) in enumerate(models.items()):
         for layer in layers:
             table = units_table(layer, "unit", k, model=model)
-            unit_paths.append(write_csv(table, tmp_path / model / layer / "units.csv"))
+            unit_paths.append(write_csv(table, Path(f"results/{model}/{layer}/unit/units.csv")))
         baseline = baseline_table([40 + k, 45, 30], 50)
-        baseline_paths.append(write_csv(baseline, tmp_path / model / "baseline.csv"))
+        baseline_paths.append(write_csv(baseline, Path(f"results/{model}/baseline.csv")))
     stem = tmp_path / "variants"
-    figure = script("variants").main(unit_paths, baseline_paths, list(models), str(stem), DPI)
+    inputs = {"units": unit_paths, "baselines": baseline_paths}
+    figure = draw("variants", inputs, stem, {})
     check_saved(stem, figure, DPI)
     check_labelled(figure.axes)
     legend = [t.get_text() for t in figure.legends[0].get_texts()]
@@ -530,11 +588,15 @@ def cumulative_rows(seed: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_cumulative_figure(tmp_path: Path) -> None:
+def test_cumulative_figure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the rule's inputs are paths under results/
     tables = [cumulative_rows(k) for k in range(len(LAYERS))]
-    paths = [write_csv(t, tmp_path / f"{k}.csv") for k, t in enumerate(tables)]
+    paths = [
+        write_csv(t, Path(f"results/plain/{layer}/unit/cumulative.csv"))
+        for layer, t in zip(LAYERS, tables, strict=True)
+    ]
     stem = tmp_path / "cumulative"
-    figure = script("cumulative").main(paths, LAYERS, "plain", str(stem), DPI)
+    figure = draw("cumulative", {"tables": paths}, stem, {"model": "plain"})
     check_saved(stem, figure, DPI)
     check_labelled(figure.axes)
     ax = figure.axes[0]
@@ -545,8 +607,12 @@ def test_cumulative_figure(tmp_path: Path) -> None:
     assert any(np.allclose(line.get_ydata(), median) for line in thick)
     thin = [line for line in ax.get_lines() if line.get_linewidth() == pytest.approx(0.4)]
     assert len(thin) == len(CLASSES)
-    with pytest.raises(ValueError, match="2 cumulative tables for 1 layers"):
-        script("cumulative").main(paths, LAYERS[:1], "plain", str(stem), DPI)
+    assert [ax.get_title() for ax in figure.axes] == LAYERS  # layers read from the paths
+    assert figure.get_suptitle() == "plain: cumulative ablation"
+    with pytest.raises(ValueError, match="other/features.relu4/unit/cumulative.csv does not match"):
+        draw(
+            "cumulative", {"tables": [paths[0].replace("plain", "other")]}, stem, {"model": "plain"}
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -557,15 +623,17 @@ def table_figures() -> dict[str, Callable[[], Figure]]:
     """A builder of one figure of each table-only kind, in memory."""
     units = units_table("features.relu5", "unit", 0)
     both = pd.concat([units, units_table("features.relu5", "rot1", 1)], ignore_index=True)
-    correlations = correlation_rows("features.relu5", ATTRIBUTES, 0)
+    correlation_table = correlation_rows("features.relu5", ATTRIBUTES, 0)
     return {
-        "drops": lambda: lib.drops_figure({"unit": units}, title="plain, features.relu5"),
-        "attributes": lambda: lib.attributes_figure(units, correlations, title="t"),
-        "correlations": lambda: lib.correlations_figure(correlations),
-        "class_prediction": lambda: lib.class_prediction_figure(prediction_rows("l", 0)),
-        "rotation": lambda: lib.rotation_figure(both),
-        "variants": lambda: lib.variants_figure(units, {"plain": 95.25}),
-        "cumulative": lambda: lib.cumulative_figure({"features.relu5": cumulative_rows(0)}),
+        "drops": lambda: drops_figure({"unit": units}, title="plain, features.relu5"),
+        "attributes": lambda: attributes.attributes_figure(units, correlation_table, title="t"),
+        "correlations": lambda: correlations.correlations_figure(correlation_table),
+        "class_prediction": lambda: class_prediction.class_prediction_figure(
+            prediction_rows("l", 0)
+        ),
+        "rotation": lambda: rotation.rotation_figure(both),
+        "variants": lambda: variants.variants_figure(units, {"plain": 95.25}),
+        "cumulative": lambda: cumulative.cumulative_figure({"features.relu5": cumulative_rows(0)}),
     }
 
 
@@ -610,8 +678,15 @@ def test_examples_figure_of_a_token_layer(tmp_path: Path, concept_inputs: dict) 
     paths = [f"{k:03d}.png" for k in range(4)]
     extract_activations(model, [block], loader, store, torch.device("cpu"), {}, paths=paths)
     stem = tmp_path / "fig" / "examples"
-    args = (i["units"], i["class_drops"], i["concepts"], str(store), i["broden"], block)
-    figure = script("examples").main(*args, str(stem), DPI, 2, 3)
+    inputs = {k: i[k] for k in ("units", "class_drops", "concepts", "broden")}
+    figure = draw(
+        "examples",
+        {**inputs, "store": str(store)},
+        stem,
+        {"model": "plain", "layer": block},
+        example_units=2,
+        example_images=3,
+    )
     check_saved(stem, figure, DPI)
     unit = example_units(pd.read_csv(i["units"]), 2)[0]
     row = int(i["top_images"][unit][0])
@@ -621,3 +696,134 @@ def test_examples_figure_of_a_token_layer(tmp_path: Path, concept_inputs: dict) 
     _, tint = [im.get_array() for im in figure.axes[1].get_images()]
     assert (upsampled > 0.5).any() and not (upsampled > 0.5).all()
     np.testing.assert_array_equal(np.asarray(tint)[..., 3] > 0, upsampled > 0.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# The registry: what the rules, the report and the tests read.
+
+
+def test_registry_finds_every_figure_module_of_the_package() -> None:
+    """Every module with a SPEC is registered, found by listing the package's files here."""
+    folder = Path(figures.__file__).parent
+    declaring = sorted(
+        path.stem for path in folder.glob("*.py") if "\nSPEC = FigureSpec(" in path.read_text()
+    )
+    assert declaring == sorted(spec.name for spec in reg.figures())
+    assert {m.name for m in pkgutil.iter_modules(figures.__path__)} >= {"style", "registry"}
+    scopes = {spec.name: spec.scope for spec in reg.figures()}
+    assert scopes == {
+        "attributes": "layer",
+        "class_prediction": "model",
+        "correlations": "model",
+        "cumulative": "model",
+        "drops": "layer",
+        "examples": "layer",
+        "rotation": "model",
+        "variants": "study",
+    }
+    with pytest.raises(KeyError, match="unknown figure 'nope'; registered: attributes"):
+        reg.figure("nope")
+
+
+def test_every_entry_reads_config_keys_of_the_default_config() -> None:
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    for spec in reg.figures():
+        settings = reg.job_settings(spec, config)
+        assert settings["figures.dpi"] == config["figures"]["dpi"]
+        assert set(settings) == set(spec.config_keys), spec.name
+        assert spec.caption.strip(), spec.name
+    with pytest.raises(KeyError, match="figure examples reads config key figures.example_units"):
+        reg.job_settings(reg.figure("examples"), {"figures": {"dpi": 100}})
+
+
+def study(concept_set: str | None = "results/world/broden") -> reg.Study:
+    """Two models (the second with one layer), two bases."""
+    return reg.Study(
+        models=("plain", "bn"),
+        layers={"plain": ("l4", "l5"), "bn": ("l5",)},
+        bases=("unit", "rot7"),
+        concept_sets={"plain": concept_set, "bn": None},
+    )
+
+
+def test_inputs_expand_the_placeholders_that_are_not_wildcards_in_order() -> None:
+    drops = reg.job_inputs(reg.figure("drops"), {"model": "plain", "layer": "l5"}, study())
+    assert drops == {
+        "units": ["results/plain/l5/unit/units.csv", "results/plain/l5/rot7/units.csv"]
+    }
+    rotation = reg.job_inputs(reg.figure("rotation"), {"model": "plain"}, study())
+    assert rotation["units"] == [
+        f"results/plain/{layer}/{basis}/units.csv"
+        for layer in ("l4", "l5")
+        for basis in ("unit", "rot7")
+    ]
+    variants = reg.job_inputs(reg.figure("variants"), {}, study())
+    assert variants["units"] == [
+        "results/plain/l4/unit/units.csv",
+        "results/plain/l5/unit/units.csv",
+        "results/bn/l5/unit/units.csv",
+    ]
+    assert variants["baselines"] == ["results/plain/baseline.csv", "results/bn/baseline.csv"]
+    attributes = reg.job_inputs(reg.figure("attributes"), {"model": "bn", "layer": "l5"}, study())
+    assert attributes == {
+        "units": "results/bn/l5/unit/units.csv",
+        "correlations": "results/bn/l5/unit/correlations.csv",
+    }
+
+
+def test_concept_inputs_only_where_the_model_has_a_concept_set() -> None:
+    spec = reg.figure("examples")
+    with_set = reg.job_inputs(spec, {"model": "plain", "layer": "l4"}, study())
+    assert with_set["broden"] == "results/world/broden"
+    assert with_set["store"] == "results/plain/activations/concept/l4.h5"
+    assert with_set["concepts"] == "results/plain/l4/unit/concepts.h5"
+    without = reg.job_inputs(spec, {"model": "bn", "layer": "l5"}, study())
+    assert set(without) == {"units", "class_drops"}
+
+
+def test_outputs_are_the_paths_users_rely_on() -> None:
+    assert reg.outputs(reg.figure("examples"), study()) == [
+        f"results/figures/{m}/{layer}/examples.{suffix}"
+        for m, layer in (("plain", "l4"), ("plain", "l5"), ("bn", "l5"))
+        for suffix in ("png", "pdf")
+    ]
+    assert reg.outputs(reg.figure("cumulative"), study()) == [
+        "results/figures/plain/cumulative.png",
+        "results/figures/plain/cumulative.pdf",
+        "results/figures/bn/cumulative.png",
+        "results/figures/bn/cumulative.pdf",
+    ]
+    assert reg.outputs(reg.figure("variants"), study()) == [
+        "results/figures/comparison/variants.png",
+        "results/figures/comparison/variants.pdf",
+    ]
+
+
+def test_caption_names_the_job_and_specs_are_checked() -> None:
+    text = reg.caption(reg.figure("drops"), {"model": "plain", "layer": "features.relu5"})
+    assert "layer **features.relu5** of model **plain**" in text and "{" not in text
+    with pytest.raises(ValueError, match="figure bad: config_keys must name figures.dpi"):
+        reg.FigureSpec(name="bad", scope="layer", inputs={}, config_keys=())
+    with pytest.raises(ValueError, match=r"figure bad: unknown placeholders \{'split'\}"):
+        reg.FigureSpec(name="bad", scope="model", inputs={"x": "results/{model}/{split}.csv"})
+    with pytest.raises(ValueError, match="figure bad: unknown scope 'run'"):
+        reg.FigureSpec(name="bad", scope="run", inputs={})  # type: ignore[arg-type]
+
+
+def test_figures_and_masks_import_without_torch() -> None:
+    """The analysis env has no torch: every figure module and the mask module import without."""
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from unitablation.figures import registry\n"
+        "from unitablation import masks\n"
+        "print(len(registry.figures()), masks.unit_mask([[0.0, 1.0]], (1, 4), 0.5).tolist())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT / "workflow",
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[0] == f"{len(reg.figures())} [[False, False, True, True]]"

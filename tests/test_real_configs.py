@@ -23,6 +23,7 @@ from workflow_runs import ROOT
 from workflow_runs import snakemake as run_workflow
 
 from unitablation.download import load_items
+from unitablation.figures import registry as figure_registry
 from unitablation.models import ModelSpec, build_model
 
 CONFIGS = ROOT / "resources" / "configs"
@@ -119,16 +120,9 @@ def expected_counts(name: str) -> dict[str, int]:
         "layer_statistics",
     ):
         counts[rule] = layers * bases
-    for rule in ("figure_drops", "figure_examples", "figure_attributes"):
-        counts[rule] = layers
-    for rule in (
-        "figure_correlations",
-        "figure_class_prediction",
-        "figure_rotation",
-        "figure_cumulative",
-        "figure_variants",
-    ):
-        counts[rule] = 1
+    # figures: one job per registered figure and (layer | model | study) of its scope
+    for scope, jobs in (("layer", layers), ("model", 1), ("study", 1)):
+        counts[figure_registry.rule_name(scope)] = jobs * len(figure_registry.figures(scope))
     return counts
 
 

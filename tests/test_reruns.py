@@ -19,11 +19,16 @@ import pytest
 import yaml
 from workflow_runs import ROOT, VARIANTS, planned_jobs, snakemake, tiny_config, write_config
 
+from unitablation.figures import registry as figure_registry
+
 pytestmark = pytest.mark.workflow
 
 Job = tuple[str, str]
-PER_LAYER_FIGURES = ("drops", "examples", "attributes")
-PER_MODEL_FIGURES = ("correlations", "class_prediction", "rotation", "cumulative")
+#: Registered figures of each scope: one rule per scope draws them.
+PER_LAYER_FIGURES = tuple(spec.name for spec in figure_registry.figures("layer"))
+PER_MODEL_FIGURES = tuple(spec.name for spec in figure_registry.figures("model"))
+STUDY_FIGURES = tuple(spec.name for spec in figure_registry.figures("study"))
+LAYER_RULE, MODEL_RULE, STUDY_RULE = map(figure_registry.rule_name, ("layer", "model", "study"))
 PER_BASIS = {
     "merge_ablation": "drops.csv",
     "unit_attributes": "attributes.csv",
@@ -42,24 +47,22 @@ def all_jobs(config: dict[str, Any], units: int = 8) -> set[Job]:
         ("generate_world", "results/world/train"),
         ("compare", "results/comparison/variants.csv"),
         ("summary", "results/summary.md"),
-        ("figure_variants", "results/figures/comparison/variants.png"),
         ("all", ""),
     }
+    jobs |= {(STUDY_RULE, f"results/figures/comparison/{name}.png") for name in STUDY_FIGURES}
     for model in VARIANTS:
         jobs |= {
             ("train_model", f"results/{model}/model.pt"),
             ("extract_outputs", f"results/{model}/activations/eval.h5"),
             ("baseline_accuracy", f"results/{model}/baseline.csv"),
         }
-        jobs |= {
-            (f"figure_{kind}", f"results/figures/{model}/{kind}.png") for kind in PER_MODEL_FIGURES
-        }
+        jobs |= {(MODEL_RULE, f"results/figures/{model}/{kind}.png") for kind in PER_MODEL_FIGURES}
         for layer in layers:
             for split in ("eval", "concept"):
                 jobs.add(("extract_activations", f"results/{model}/activations/{split}/{layer}.h5"))
             jobs.add(("cumulative_ablation", f"results/{model}/{layer}/unit/cumulative.csv"))
             jobs |= {
-                (f"figure_{kind}", f"results/figures/{model}/{layer}/{kind}.png")
+                (LAYER_RULE, f"results/figures/{model}/{layer}/{kind}.png")
                 for kind in PER_LAYER_FIGURES
             }
             for basis in bases:
@@ -79,6 +82,12 @@ def select_paths(jobs: Iterable[Job], *rules: str) -> set[str]:
     return {path for _, path in select(jobs, *rules)}
 
 
+def figure_jobs(jobs: Iterable[Job], *names: str) -> set[Job]:
+    """The jobs drawing some registered figures (any scope's rule)."""
+    rules = (LAYER_RULE, MODEL_RULE, STUDY_RULE)
+    return select(jobs, *rules, where=lambda path: Path(path).stem in names)
+
+
 def plan(tiny_run: Path, tmp_path: Path, changes: dict[str, Any]) -> tuple[set[Job], set[str]]:
     """Jobs `snakemake -n` plans after a config edit, and the outputs whose params changed."""
     config = write_config(tmp_path / "edited.yaml", changes)
@@ -91,14 +100,15 @@ def plan(tiny_run: Path, tmp_path: Path, changes: dict[str, Any]) -> tuple[set[J
     return planned_jobs(dry.stdout), changed
 
 
+#: The figures that read units.csv or the statistics drawn from it.
 FIGURES_OF_UNITS = (
-    "figure_drops",
-    "figure_examples",
-    "figure_attributes",
-    "figure_correlations",
-    "figure_class_prediction",
-    "figure_rotation",
-    "figure_variants",
+    "drops",
+    "examples",
+    "attributes",
+    "correlations",
+    "class_prediction",
+    "rotation",
+    "variants",
 )
 
 
@@ -113,7 +123,7 @@ def test_new_rotation_seed_runs_only_that_basis(tiny_run: Path, tmp_path: Path) 
     config["rotation"]["seeds"] = [8]
     full = all_jobs(config)
     expected = {job for job in full if "/rot8/" in job[1]}
-    expected |= select(full, "figure_drops", "figure_rotation", "compare", "summary", "all")
+    expected |= figure_jobs(full, "drops", "rotation") | select(full, "compare", "summary", "all")
     assert jobs == expected
     assert changed == set()  # no rule reads the seed list itself
 
@@ -124,12 +134,12 @@ def test_added_layer_runs_only_that_layer_and_the_summaries(tiny_run: Path, tmp_
     jobs, changed = plan(tiny_run, tmp_path, {"layers": config["layers"]})
     full = all_jobs(config)
     expected = {job for job in full if "features.relu3" in job[1]}
-    expected |= select(full, *(f"figure_{kind}" for kind in PER_MODEL_FIGURES), "figure_variants")
+    expected |= figure_jobs(full, *PER_MODEL_FIGURES, *STUDY_FIGURES)
     expected |= select(full, "compare", "summary", "all")
     assert jobs == expected
-    # extraction is per layer, so no existing store changes; only the per-model cumulative
-    # figure reads the layer list itself
-    assert changed == select_paths(full, "figure_cumulative")
+    # extraction is per layer, so no existing store changes; no job reads the layer list
+    # itself (the per-model figures take their layers from their inputs)
+    assert changed == set()
 
 
 @pytest.mark.parametrize(
@@ -141,7 +151,7 @@ def test_concept_iou_keys_rerun_iou_and_what_reads_it(
     jobs, changed = plan(tiny_run, tmp_path, changes)
     full = all_jobs(tiny_config())
     expected = select(full, "concept_iou", "unit_table", "layer_statistics", "compare", "summary")
-    expected |= select(full, *FIGURES_OF_UNITS, "all")
+    expected |= figure_jobs(full, *FIGURES_OF_UNITS) | select(full, "all")
     assert jobs == expected
     assert changed == select_paths(full, "concept_iou")
 
@@ -150,7 +160,7 @@ def test_detector_threshold_reruns_the_tables_not_the_iou(tiny_run: Path, tmp_pa
     jobs, changed = plan(tiny_run, tmp_path, {"concepts.iou_threshold": 0.1})
     full = all_jobs(tiny_config())
     expected = select(full, "unit_table", "layer_statistics", "compare", "summary")
-    expected |= select(full, *FIGURES_OF_UNITS, "all")
+    expected |= figure_jobs(full, *FIGURES_OF_UNITS) | select(full, "all")
     assert jobs == expected and not select(jobs, "concept_iou")
     assert changed == select_paths(full, "unit_table")  # its params carry the threshold
 
@@ -164,8 +174,8 @@ def test_concept_memory_keys_rerun_nothing(tiny_run: Path, tmp_path: Path) -> No
 def test_figure_setting_reruns_only_that_figure(tiny_run: Path, tmp_path: Path) -> None:
     jobs, changed = plan(tiny_run, tmp_path, {"figures.example_units": 2})
     full = all_jobs(tiny_config())
-    assert jobs == select(full, "figure_examples", "all")
-    assert changed == select_paths(full, "figure_examples")
+    assert jobs == figure_jobs(full, "examples") | select(full, "all")
+    assert changed == {path for _, path in figure_jobs(full, "examples")}
 
 
 def test_training_epochs_rerun_everything_after_the_world(tiny_run: Path, tmp_path: Path) -> None:

@@ -25,6 +25,8 @@ import pytest
 import yaml
 from workflow_runs import ROOT, TINY, snakemake_command
 
+from unitablation.figures import registry as figure_registry
+
 PROFILE = ROOT / "profiles" / "slurm"
 CLUSTER_SCRIPT = ROOT / "tests" / "slurm" / "local_cluster.sh"
 STATE_DIR = Path(os.environ.get("UNITABLATION_SLURM_DIR", "/tmp/unitablation-slurm"))
@@ -43,14 +45,8 @@ PIPELINE_RULES = GPU_RULES | {
     "layer_statistics",
     "compare",
     "summary",
-    "figure_drops",
-    "figure_examples",
-    "figure_attributes",
-    "figure_correlations",
-    "figure_class_prediction",
-    "figure_rotation",
-    "figure_cumulative",
-    "figure_variants",
+    # the registered figures, drawn by one rule per scope
+    *(figure_registry.rule_name(scope) for scope in ("layer", "model", "study")),
 }
 TEST_MEM_MB = 1000  # per job; the node has 2 CPUs, so at most 2 jobs run at once
 

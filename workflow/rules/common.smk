@@ -338,27 +338,9 @@ def concept_table_input(wildcards):
     }
 
 
-def example_concept_inputs(wildcards):
-    """The concept inputs of an examples figure (IoU matrix, concept store, Broden folder),
-    none without a concept set (the figure then says so)."""
-    if not has_concept_set(wildcards.model):
-        return {}
-    prefix = f"results/{wildcards.model}"
-    return {
-        "concepts": f"{prefix}/{wildcards.layer}/unit/concepts.h5",
-        "store": f"{prefix}/activations/concept/{wildcards.layer}.h5",
-        "broden": concept_source(wildcards),
-    }
-
-
 def eval_images(wildcards):
     """ImageFolder root of a model's eval split (read only by the hook fallback)."""
     return model_entry(wildcards.model).get("eval_images", f"{WORLD_DIR}/val")
-
-
-def figure_settings(wildcards):
-    """The figure keys a figure script reads."""
-    return canonical(config["figures"])
 
 
 def analysis_settings(wildcards):
@@ -451,15 +433,13 @@ def all_cumulative_tables(wildcards):
 
 
 def figure_outputs():
-    """Every figure, PNG and PDF."""
-    stems = ["results/figures/comparison/variants"]
-    for name in model_names():
-        for kind in ("correlations", "class_prediction", "rotation", "cumulative"):
-            stems.append(f"results/figures/{name}/{kind}")
-        for layer in model_layers(name):
-            for kind in ("drops", "examples", "attributes"):
-                stems.append(f"results/figures/{name}/{layer}/{kind}")
-    return [f"{stem}.{suffix}" for stem in stems for suffix in ("png", "pdf")]
+    """Every registered figure, PNG and PDF (workflow/unitablation/figures/)."""
+    study = figure_study()
+    return [
+        path
+        for spec in figure_registry.figures()
+        for path in figure_registry.outputs(spec, study)
+    ]
 
 
 def all_outputs():
@@ -484,72 +464,45 @@ def all_outputs():
     return outputs
 
 
-# Figure inputs.
+# Figure inputs: the figure registry (workflow/unitablation/figures/registry.py) says what
+# each figure reads; these hand it the config and the job's wildcards.
+from unitablation.figures import registry as figure_registry
 
 
-def figure_dpi(wildcards):
-    """Resolution of a figure's PNG (config figures.dpi), the one key most figures read."""
-    return figure_settings(wildcards)["dpi"]
+def figure_study():
+    """The models, layers, bases and concept sets the figures' input patterns expand over."""
+    names = tuple(model_names())
+    return figure_registry.Study(
+        models=names,
+        layers={name: tuple(model_layers(name)) for name in names},
+        bases=tuple(BASES),
+        concept_sets={name: concept_dir(name) for name in names},
+    )
 
 
-def unit_tables_all_bases(wildcards):
-    """units.csv of one (model, layer) in every basis, unit basis first."""
-    return [
-        f"results/{wildcards.model}/{wildcards.layer}/{basis}/units.csv"
-        for basis in BASES
-    ]
+def figure_names(scope):
+    """Wildcard pattern of the registered figure names of one scope."""
+    return "|".join(re.escape(spec.name) for spec in figure_registry.figures(scope))
 
 
-def correlation_tables(wildcards):
-    """correlations.csv (unit basis) of every layer of one model, config order."""
-    return [
-        f"results/{wildcards.model}/{layer}/unit/correlations.csv"
-        for layer in layers_of(wildcards)
-    ]
+def figure_inputs(wildcards):
+    """A figure job's named inputs, from its registry entry."""
+    spec = figure_registry.figure(wildcards.figure)
+    return figure_registry.job_inputs(spec, dict(wildcards.items()), figure_study())
 
 
-def prediction_tables(wildcards):
-    """class_prediction.csv (unit basis) of every layer of one model, config order."""
-    return [
-        f"results/{wildcards.model}/{layer}/unit/class_prediction.csv"
-        for layer in layers_of(wildcards)
-    ]
+def figure_settings(wildcards):
+    """The config keys a figure reads (its entry's config_keys), by dotted key."""
+    return canonical(
+        figure_registry.job_settings(figure_registry.figure(wildcards.figure), config)
+    )
 
 
-def rotation_unit_tables(wildcards):
-    """units.csv of every layer and basis of one model."""
-    return [
-        f"results/{wildcards.model}/{layer}/{basis}/units.csv"
-        for layer in layers_of(wildcards)
-        for basis in BASES
-    ]
-
-
-def cumulative_tables(wildcards):
-    """cumulative.csv of every layer of one model, config order."""
-    return [
-        f"results/{wildcards.model}/{layer}/unit/cumulative.csv"
-        for layer in layers_of(wildcards)
-    ]
-
-
-def variant_unit_tables(wildcards):
-    """units.csv (unit basis) of every layer of every model."""
-    return [
-        f"results/{name}/{layer}/unit/units.csv"
-        for name in model_names()
-        for layer in model_layers(name)
-    ]
-
-
-def variant_baselines(wildcards):
-    """baseline.csv of every model, in the order of variant_models."""
-    return [f"results/{name}/baseline.csv" for name in model_names()]
-
-
-def variant_models(wildcards):
-    """Names of the models (training variants), config order."""
-    return model_names()
+def figure_caption(wildcards):
+    """A figure's report caption (its entry's), shown by workflow/report/figure.rst."""
+    return figure_registry.caption(
+        figure_registry.figure(wildcards.figure), dict(wildcards.items())
+    )
 
 
 # --- Real data and models: download items and key maps (rules in download.smk) ---------------

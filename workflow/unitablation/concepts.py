@@ -48,9 +48,9 @@ import h5py
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from unitablation.broden import Broden
+from unitablation.masks import upsample_torch
 from unitablation.rotation import rotate
 from unitablation.store import ActivationStore
 
@@ -346,10 +346,11 @@ def float32_below(thresholds: np.ndarray) -> np.ndarray:
 
 
 def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear (align_corners=False) upsampling of (B, C, h, w) maps to size; identity if equal."""
-    if tuple(maps.shape[2:]) == tuple(size):
-        return maps
-    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+    """Bilinear (align_corners=False) upsampling of (B, C, h, w) maps to size; identity if equal.
+
+    The mask's one definition lives in `masks` (its numpy twin draws the example figures).
+    """
+    return upsample_torch(maps, size)
 
 
 def _quantile_positions(count: int, level: float) -> tuple[int, int, float]:

@@ -9,6 +9,7 @@ result table goes through `read_table`, which reads the name columns verbatim (a
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -70,3 +71,13 @@ def read_class_matrix(path: str | Path, **options) -> pd.DataFrame:
         raise ValueError(f"cannot read table {path}: {error}") from error
     table.columns = [str(column) for column in table.columns]
     return table
+
+
+def read_flag(value: object) -> bool | None:
+    """A true/false table cell as a bool: "true"/"false" (any case, padded) or a number;
+    None where it holds no flag (an empty or NaN cell, any other text)."""
+    if isinstance(value, str):
+        return {"true": True, "false": False}.get(value.strip().lower())
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return bool(value)

@@ -1,0 +1,45 @@
+"""Rule adapter of every figure: draw one registered figure and write its PNG and PDF."""
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from unitablation.figures.registry import DPI_KEY, FigureJob, figure, render
+from unitablation.figures.style import save_figure
+from unitablation.logs import logged_to
+
+LOG = logging.getLogger("unitablation.scripts.figure")
+
+
+def main(
+    name: str,
+    inputs: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    wildcards: Mapping[str, str],
+    png: str,
+) -> Figure:
+    """Draw figure `name` from its inputs and settings; write `png` and the PDF beside it."""
+    spec = figure(name)
+    LOG.info("figure %s (%s scope), settings %s", name, spec.scope, dict(settings))
+    drawn = render(FigureJob(spec, dict(inputs), dict(settings), dict(wildcards)))
+    save_figure(drawn, Path(png).with_suffix(""), settings[DPI_KEY])
+    return drawn
+
+
+def job_inputs(named: Any) -> dict[str, Any]:
+    """Snakemake's named inputs as a plain dict: a path, or a list of paths."""
+    return {name: value if isinstance(value, str) else list(value) for name, value in named.items()}
+
+
+if "snakemake" in globals():
+    with logged_to(snakemake.log[0]):
+        main(
+            snakemake.wildcards.figure,
+            job_inputs(snakemake.input),
+            snakemake.params.settings,
+            {k: v for k, v in snakemake.wildcards.items() if k != "figure"},
+            snakemake.output.png,
+        )
