@@ -210,8 +210,9 @@ def test_full_size_table_bootstraps_without_a_per_resample_loop(
 
     monkeypatch.setattr("unitablation.statistics.stats.spearmanr", counted)
     table = correlation_table(units, bootstrap=1000)
-    assert len(table) == 18 and table["ci_low"].notna().all()
-    assert calls == [n] * 18  # the point estimates only
+    rows = 2 * len(numeric_attributes())  # every (attribute, target)
+    assert len(table) == rows and table["ci_low"].notna().all()
+    assert calls == [n] * rows  # the point estimates only
     draws = rng.integers(0, n, size=(1000, n))
     x = units["iou"].to_numpy()
     assert np.array_equal(_resampled_ranks(x, draws), stats.rankdata(x[draws], axis=1))
