@@ -133,6 +133,13 @@ def test_attribute_table_refuses_a_table_without_the_weight_attributes() -> None
         table_of(stats, without)
 
 
+def test_a_computation_of_the_wrong_shape_names_the_attribute() -> None:
+    stats, _ = statistics()
+    broken = UnitAttribute("broken", "b", "b", "numeric", "statistics", lambda s: s.sum_ap)
+    with pytest.raises(ValueError, match=r"'broken': \(5, 3\) values for 5 units"):
+        table_of(stats, (*ATTRIBUTES, broken))
+
+
 def test_an_attribute_added_to_a_table_flows_into_attributes_and_correlations() -> None:
     """A new statistics attribute (root mean square of a_u) in an extended copy of the table:
     attribute_table computes it (checked against numpy) and correlation_table correlates it."""

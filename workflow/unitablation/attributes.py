@@ -317,6 +317,10 @@ def attribute_table(
         values = (
             given[entry.name] if entry.from_statistics is None else entry.from_statistics(stats)
         )
+        if np.shape(values) != (channels,):
+            raise ValueError(
+                f"attribute {entry.name!r}: {np.shape(values)} values for {channels} units"
+            )
         columns[entry.name] = _class_names(values, classes) if entry.kind == "class" else values
     columns["dead"] = dead_units(stats, rectified)
     columns["constant"] = constant_units(stats)
