@@ -25,14 +25,12 @@ from unitablation.concepts import concept_classes, concept_iou, concept_labels
 from unitablation.cumulative import class_rankings
 from unitablation.degenerate import dead_flags
 from unitablation.drops import drop_tables
-from unitablation.figures import (
-    attributes_figure,
-    class_prediction_figure,
-    correlations_figure,
-    drops_figure,
-    rotation_figure,
-    variants_figure,
-)
+from unitablation.figures.attributes import attributes_figure
+from unitablation.figures.class_prediction import class_prediction_figure
+from unitablation.figures.correlations import correlations_figure
+from unitablation.figures.drops import drops_figure
+from unitablation.figures.rotation import rotation_figure
+from unitablation.figures.variants import variants_figure
 from unitablation.models import read_checkpoint
 from unitablation.statistics import class_prediction_table, correlation_table, top_classes
 from unitablation.summary import summary_markdown

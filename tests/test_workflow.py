@@ -11,6 +11,7 @@ import pytest
 import yaml
 from workflow_runs import ROOT, TINY, VARIANTS, snakemake
 
+from unitablation.figures import registry as figure_registry
 from unitablation.store import ActivationStore
 
 pytestmark = pytest.mark.workflow
@@ -242,7 +243,9 @@ def test_cumulative_tables_figures_and_summary(tiny_run: Path) -> None:
         assert sorted(set(table["k"])) == [1, 2, 4, 8]
         assert (table["n_ranking_images"] + table["n_measure_images"] == 4).all()
     figures = sorted((tiny_run / "results" / "figures").rglob("*.png"))
-    assert len(figures) == 1 + len(VARIANTS) * (4 + 3 * len(config["layers"]))
+    per_scope = {s: len(figure_registry.figures(s)) for s in ("layer", "model", "study")}
+    per_model = per_scope["model"] + per_scope["layer"] * len(config["layers"])
+    assert len(figures) == per_scope["study"] + len(VARIANTS) * per_model
     for png in figures:
         assert png.stat().st_size > 5000 and png.with_suffix(".pdf").stat().st_size > 1000
     summary = (tiny_run / "results" / "summary.md").read_text()
