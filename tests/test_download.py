@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import shutil
 import subprocess
@@ -43,7 +44,7 @@ from unitablation.download import (
     DownloadError,
     DownloadItem,
     UnpinnedError,
-    checked_job_params,
+    check_fetchable,
     install,
     load_items,
     merge_items,
@@ -81,9 +82,13 @@ def leftovers(folder: Path) -> list[str]:
     )
 
 
-class Log(list):
-    def __call__(self, line: str) -> None:
-        self.append(line)
+def logged(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
+    """(level, message) of the download module's records so far."""
+    return [
+        (record.levelname, record.getMessage())
+        for record in caplog.records
+        if record.name == "unitablation.download"
+    ]
 
 
 def no_sleep(waits: list[float]):
@@ -94,16 +99,16 @@ def no_sleep(waits: list[float]):
 # Fetching and verifying.
 
 
-def test_file_is_fetched_verified_and_installed(tmp_path: Path) -> None:
+def test_file_is_fetched_verified_and_installed(tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="unitablation.download")
     data = os.urandom(3 * (1 << 20) + 17)  # several streaming blocks
     with serving({"weights.pth": data}) as server:
         spec = item("w", [server.url("weights.pth")], sha256=sha256(data))
         output = tmp_path / "downloads" / "w" / "weights.pth"
-        log = Log()
-        digests = install(spec, output, log=log)
+        digests = install(spec, output)
     assert output.read_bytes() == data
     assert digests["sha256"] == sha256(data)
-    assert any(sha256(data) in line for line in log)
+    assert ("INFO", f"w: sha256 {sha256(data)} ({server.url('weights.pth')})") in logged(caplog)
     assert leftovers(output.parent) == ["weights.pth"]
 
 
@@ -112,14 +117,14 @@ def test_sha256_prefix_and_md5_pins_are_verified(tmp_path: Path) -> None:
     md5 = hashlib.md5(data).hexdigest()
     with serving({"a.tar": data}) as server:
         good = item("a", [server.url("a.tar")], sha256_prefix=sha256(data)[:8], md5=md5)
-        install(good, tmp_path / "a" / "a.tar", log=Log())
+        install(good, tmp_path / "a" / "a.tar")
         assert (tmp_path / "a" / "a.tar").read_bytes() == data
         wrong_md5 = item("b", [server.url("a.tar")], sha256_prefix=sha256(data)[:8], md5="0" * 32)
         with pytest.raises(ChecksumError, match=f"expected md5 {'0' * 32}, got {md5}"):
-            install(wrong_md5, tmp_path / "b" / "a.tar", log=Log(), sleep=no_sleep([]))
+            install(wrong_md5, tmp_path / "b" / "a.tar", sleep=no_sleep([]))
         wrong_prefix = item("c", [server.url("a.tar")], sha256_prefix="deadbeef")
         with pytest.raises(ChecksumError, match="expected a sha256 starting deadbeef"):
-            install(wrong_prefix, tmp_path / "c" / "a.tar", log=Log(), sleep=no_sleep([]))
+            install(wrong_prefix, tmp_path / "c" / "a.tar", sleep=no_sleep([]))
     assert leftovers(tmp_path / "b") == [] and leftovers(tmp_path / "c") == []
 
 
@@ -134,7 +139,7 @@ def test_checksum_mismatch_names_item_url_and_hashes_and_leaves_nothing(
         spec = item("broden_x", [url], kind=kind, filename="broden.zip", sha256=expected)
         output = tmp_path / "downloads" / ("broden_x/broden.zip" if kind == "file" else "broden_x")
         with pytest.raises(ChecksumError) as error:
-            install(spec, output, log=Log(), sleep=no_sleep([]))
+            install(spec, output, sleep=no_sleep([]))
         assert server.plan.requests["broden.zip"] == 1  # a wrong file is not fetched again
     message = str(error.value)
     for part in ("broden_x", url, expected, sha256(data), "nothing was installed"):
@@ -148,22 +153,22 @@ def test_transient_failures_are_retried_with_backoff(tmp_path: Path) -> None:
     waits: list[float] = []
     with serving({"c.pth": data}, fail_first={"c.pth": 2}) as server:
         spec = item("c", [server.url("c.pth")], sha256=sha256(data))
-        install(
-            spec, tmp_path / "c" / "c.pth", retries=4, backoff_s=0.5, log=Log(), sleep=waits.append
-        )
+        install(spec, tmp_path / "c" / "c.pth", retries=4, backoff_s=0.5, sleep=waits.append)
         assert server.plan.requests["c.pth"] == 3
     assert waits == [0.5, 1.0]
     assert (tmp_path / "c" / "c.pth").read_bytes() == data
 
 
-def test_truncated_responses_are_retried(tmp_path: Path) -> None:
+def test_truncated_responses_are_retried(tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="unitablation.download")
     data = os.urandom(5000)
     with serving({"t.bin": data}, truncate_first={"t.bin": 1}) as server:
         spec = item("t", [server.url("t.bin")], sha256=sha256(data))
-        log = Log()
-        install(spec, tmp_path / "t" / "t.bin", log=log, sleep=no_sleep([]))
+        install(spec, tmp_path / "t" / "t.bin", sleep=no_sleep([]))
         assert server.plan.requests["t.bin"] == 2
-    assert any("IncompleteRead" in line or "received" in line for line in log)
+    failures = [line for level, line in logged(caplog) if level == "WARNING"]
+    assert len(failures) == 1, failures  # the failed attempt is a warning; the retry is not
+    assert "IncompleteRead" in failures[0] or "received" in failures[0]
     assert (tmp_path / "t" / "t.bin").read_bytes() == data
 
 
@@ -177,7 +182,6 @@ def test_gives_up_after_the_retries_naming_each_url(tmp_path: Path) -> None:
                 tmp_path / "d" / "d.pth",
                 retries=2,
                 backoff_s=1,
-                log=Log(),
                 sleep=waits.append,
             )
         assert server.plan.requests["d.pth"] == 3
@@ -192,28 +196,33 @@ def test_hard_errors_are_not_retried_and_the_next_mirror_serves(tmp_path: Path) 
         spec = item(
             "m", [server.url("gone/m.pth"), server.url("mirror/m.pth")], sha256=sha256(data)
         )
-        install(spec, tmp_path / "m" / "m.pth", log=Log(), sleep=no_sleep([]))
+        install(spec, tmp_path / "m" / "m.pth", sleep=no_sleep([]))
         assert server.plan.requests["gone/m.pth"] == 1  # 404: not retried
         assert server.plan.requests["mirror/m.pth"] == 1
     assert (tmp_path / "m" / "m.pth").read_bytes() == data
 
 
-def test_unpinned_items_are_refused_unless_allowed(tmp_path: Path) -> None:
+def test_unpinned_items_are_refused_unless_allowed(tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="unitablation.download")
     data = b"places checkpoint"
     with serving({"p.tar": data}) as server:
         spec = item("places_x", [server.url("p.tar")], sha256=None)
-        with pytest.raises(UnpinnedError, match="places_x.*allow_unpinned_downloads"):
-            install(spec, tmp_path / "p" / "p.tar", log=Log())
+        with pytest.raises(UnpinnedError, match="places_x.*allow_unpinned_downloads") as refused:
+            install(spec, tmp_path / "p" / "p.tar")
         assert sum(server.plan.requests.values()) == 0  # refused before any request
-        with pytest.raises(ValueError, match="pins no checksum"):
-            checked_job_params(spec, None, allow_unpinned=False)
-        log = Log()
-        install(spec, tmp_path / "p" / "p.tar", allow_unpinned=True, log=log)
+        with pytest.raises(UnpinnedError, match="pins no checksum"):
+            check_fetchable(spec, allow_unpinned=False)
+        check_fetchable(spec, allow_unpinned=True)
+        install(spec, tmp_path / "p" / "p.tar", allow_unpinned=True)
     assert (tmp_path / "p" / "p.tar").read_bytes() == data
-    assert any("UNPINNED" in line and f"sha256: {sha256(data)}" in line for line in log)
-    assert checked_job_params(spec, None, allow_unpinned=True)["allow_unpinned"] is True
+    warned = [line for level, line in logged(caplog) if level == "WARNING"]
+    assert len(warned) == 1 and "UNPINNED" in warned[0] and f"sha256: {sha256(data)}" in warned[0]
+    for message in (str(refused.value), warned[0]):  # the library names no command line
+        assert "--config" not in message and "snakemake" not in message.lower()
+    assert DownloadItem.from_settings(spec.settings(allow_unpinned=True)) == (spec, True)
     pinned = item("q", ["http://127.0.0.1:9/q"], sha256=sha256(data))
-    assert "allow_unpinned" not in checked_job_params(pinned, None, allow_unpinned=True)
+    assert "allow_unpinned" not in pinned.settings(allow_unpinned=True)
+    assert DownloadItem.from_settings(pinned.settings(allow_unpinned=True)) == (pinned, False)
 
 
 def test_items_without_urls_say_what_to_set(tmp_path: Path) -> None:
@@ -222,9 +231,9 @@ def test_items_without_urls_say_what_to_set(tmp_path: Path) -> None:
         {"urls": None, "filename": "ILSVRC2012_img_val.tar", "md5": "0" * 32, "note": "Get it."},
     )
     with pytest.raises(DownloadError, match=r"downloads\.imagenet_val\.urls.*Get it\."):
-        install(spec, tmp_path / "x", log=Log())
-    with pytest.raises(ValueError, match=r"downloads\.imagenet_val\.urls"):
-        checked_job_params(spec, None, allow_unpinned=False)
+        install(spec, tmp_path / "x")
+    with pytest.raises(DownloadError, match=r"downloads\.imagenet_val\.urls"):
+        check_fetchable(spec, allow_unpinned=True)
 
 
 @pytest.mark.parametrize("packing", ["zip", "tar.gz"])
@@ -247,7 +256,7 @@ def test_archives_extract_their_subdir_into_place(tmp_path: Path, packing: str) 
             sha256=sha256(data),
         )
         output = tmp_path / "downloads" / "broden1_224"
-        install(spec, output, log=Log())
+        install(spec, output)
     broden = read_broden(output)
     assert len(broden) == 3 and broden.load_labels(0)["color"].shape == (1, 8, 8)
     assert sorted(p.name for p in (tmp_path / "downloads").iterdir()) == ["broden1_224"]
@@ -260,7 +269,7 @@ def test_archive_without_the_subdir_lists_its_top_level(tmp_path: Path) -> None:
             "b", [server.url("b.zip")], kind="archive", subdir="broden1_227", sha256=sha256(data)
         )
         with pytest.raises(DownloadError, match=r"no folder 'broden1_227'.*\['other'\]"):
-            install(spec, tmp_path / "dl" / "b", log=Log())
+            install(spec, tmp_path / "dl" / "b")
     assert leftovers(tmp_path / "dl") == []
 
 
@@ -271,7 +280,7 @@ def test_archive_members_escaping_the_folder_are_refused(tmp_path: Path, packing
     with serving({"e": data}) as server:
         spec = item("e", [server.url("e")], kind="archive", filename="e.bin", sha256=sha256(data))
         with pytest.raises(ValueError, match="outside the extraction folder"):
-            install(spec, tmp_path / "dl" / "e", log=Log())
+            install(spec, tmp_path / "dl" / "e")
     assert not (tmp_path / "evil.txt").exists() and leftovers(tmp_path / "dl") == []
 
 
@@ -283,11 +292,11 @@ def test_local_sources_are_verified_and_linked_not_copied(tmp_path: Path) -> Non
     md5 = hashlib.md5(data).hexdigest()
     spec = item("imagenet_val", [str(source)], md5=md5)
     output = tmp_path / "dl" / "imagenet_val" / "ILSVRC2012_img_val.tar"
-    install(spec, output, log=Log())
+    install(spec, output)
     assert output.is_symlink() and output.resolve() == source.resolve()
     wrong = item("imagenet_val2", [source.as_uri()], md5="1" * 32)
     with pytest.raises(ChecksumError, match=f"local file {source}.*got {md5}"):
-        install(wrong, tmp_path / "dl" / "imagenet_val2" / "x.tar", log=Log())
+        install(wrong, tmp_path / "dl" / "imagenet_val2" / "x.tar")
     assert leftovers(tmp_path / "dl" / "imagenet_val2") == []
 
 
@@ -297,7 +306,7 @@ def test_leftovers_of_an_interrupted_attempt_are_removed(tmp_path: Path) -> None
     folder.mkdir()
     (folder / ".w.w.pth.part-12345").write_bytes(b"half a download")
     with serving({"w.pth": data}) as server:
-        install(item("w", [server.url("w.pth")], sha256=sha256(data)), folder / "w.pth", log=Log())
+        install(item("w", [server.url("w.pth")], sha256=sha256(data)), folder / "w.pth")
     assert leftovers(folder) == ["w.pth"]
 
 

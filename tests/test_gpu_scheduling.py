@@ -26,7 +26,7 @@ pytestmark = pytest.mark.workflow
 HANG_GUARD_SECONDS = 900.0
 
 LEASE = re.compile(
-    r"GPU lease: slot (\d+) held from ([\d.]+)\n(?:.*\n)*?GPU lease: slot \1 released at ([\d.]+)"
+    r"GPU lease: slot (\d+) held from ([\d.]+)\n(?:.*\n)*?.*GPU lease: slot \1 released at ([\d.]+)"
 )
 
 

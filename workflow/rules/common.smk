@@ -15,8 +15,12 @@ LIBRARY_DIR = str(Path(workflow.basedir) / "workflow")
 if LIBRARY_DIR not in sys.path:
     sys.path.insert(0, LIBRARY_DIR)
 if LIBRARY_DIR not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        part for part in (LIBRARY_DIR, os.environ.get("PYTHONPATH")) if part
+    # update(), not item assignment: Snakemake's linter takes `os.environ[...]` for a variable
+    # the user must set; this one is set here, for the jobs.
+    os.environ.update(
+        PYTHONPATH=os.pathsep.join(
+            part for part in (LIBRARY_DIR, os.environ.get("PYTHONPATH")) if part
+        )
     )
 
 validate(config, "../schemas/config.schema.yaml")
@@ -507,7 +511,12 @@ def figure_caption(wildcards):
 
 # --- Real data and models: download items and key maps (rules in download.smk) ---------------
 from unitablation.checkpoints import conversion_settings, load_keymaps
-from unitablation.download import checked_job_params, load_items, name_pattern
+from unitablation.download import (
+    DownloadError,
+    UnpinnedError,
+    check_fetchable,
+    load_items,
+)
 
 RESOURCES_DIR = Path(workflow.basedir) / "resources"
 DOWNLOADS = load_items(RESOURCES_DIR / "downloads.yaml", config["downloads"])
@@ -520,17 +529,35 @@ def download_path(name):
 
 
 def download_names(kind, convertible=False):
-    """Wildcard pattern of the item names of one kind (or of the convertible checkpoints)."""
-    return name_pattern(DOWNLOADS, kind, convertible)
+    """Wildcard pattern of the item names of one kind (or of the convertible checkpoints).
+
+    Never matches when there is none, so that the rule then never applies.
+    """
+    names = [
+        name
+        for name, item in DOWNLOADS.items()
+        if item.kind == kind and (item.convert is not None or not convertible)
+    ]
+    return "|".join(map(re.escape, names)) or "(?!)"
 
 
 def download_settings(wildcards):
     """What fetching an item reads; fails before any job if it has no URL or no allowed pin."""
-    return checked_job_params(
-        DOWNLOADS[wildcards.item],
-        dict(wildcards.items()).get("filename"),
-        config["allow_unpinned_downloads"],
-    )
+    item = DOWNLOADS[wildcards.item]
+    filename = dict(wildcards.items()).get("filename")
+    if filename is not None and filename != item.filename:
+        raise ValueError(
+            f"download item {item.name!r} installs {item.path()}, not {filename}"
+        )
+    allowed = config["allow_unpinned_downloads"]
+    try:
+        check_fetchable(item, allowed)
+    except UnpinnedError as error:
+        hint = "On the command line: --config allow_unpinned_downloads=True."
+        raise ValueError(f"{error} {hint}") from None
+    except DownloadError as error:
+        raise ValueError(str(error)) from None
+    return item.settings(allowed)
 
 
 def convert_source(wildcards):

@@ -1,7 +1,8 @@
 # Real data and models: fetch items of resources/downloads.yaml with checksums, then prepare
 # what the pipeline reads (ImageFolder eval splits, torchvision-layout checkpoints).
-# Helpers (download_settings, ...) live in common.smk; the work in unitablation.download,
-# unitablation.eval_sets and unitablation.checkpoints.
+# Their helpers (download_settings, ...: item names, wildcard patterns, command-line hints) are in
+# common.smk; the work is in unitablation.download, unitablation.eval_sets and
+# unitablation.checkpoints, which know nothing of Snakemake.
 
 # Fetching runs where Snakemake runs (cluster compute nodes often have no internet access).
 

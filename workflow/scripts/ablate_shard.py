@@ -1,6 +1,6 @@
 """Rule adapter: ablate one shard of units of one layer over the whole eval split."""
 
-import sys
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,6 +18,8 @@ from unitablation.models import load_configured_model
 from unitablation.rotation import haar_rotation, parse_basis
 from unitablation.shard_store import save_counts
 from unitablation.store import ActivationStore
+
+LOG = logging.getLogger("unitablation.scripts.ablate_shard")
 
 
 def stored_batches(store: ActivationStore, layer: str, labels: np.ndarray, batch_size: int):
@@ -45,7 +47,7 @@ def main(
     torch.set_num_threads(threads)
     use_full_float32()
     with gpu_lease(device_name) as lease, ActivationStore(store_path) as store:
-        print(f"device: {lease.description}", file=sys.stderr)
+        LOG.info(f"device: {lease.description}")
         model, _, classes = load_configured_model(
             model_entry, weights, lease.device, store.classes, model_name=model_name
         )
@@ -70,11 +72,10 @@ def main(
             rotation=rotation,
             unit_dim=layout.unit_dim,
         )
-        print(
+        LOG.info(
             f"{model_name} {layer} units {units[0]}..{units[-1]} ({len(units)}), "
             f"{len(labels)} images, {layout.describe()}, mode {ablation['mode']}: "
             f"{engine.describe()}",
-            file=sys.stderr,
         )
         if engine.needs_images:
             preprocess = model_preprocess(model_entry)
@@ -94,17 +95,15 @@ def main(
         agreement = compare_baseline(
             counts.baseline_predictions, store.logits(), ablation["tie_margin"]
         )
-    print(
+    LOG.info(
         f"near ties (top-2 logits closer than {ablation['tie_margin']}): "
         f"{int(counts.near_ties.sum())}; gross losses (correct -> wrong): "
         f"{int(counts.lost.sum())}",
-        file=sys.stderr,
     )
-    print(
+    LOG.info(
         f"unablated predictions through the ablation path ({source}) that differ from the "
         f"stored full-network logits: {agreement.differing} "
         f"({agreement.beyond_ties} outside float ties)",
-        file=sys.stderr,
     )
     if source != "float16 maps":  # full precision must reproduce the network
         check_baseline(agreement, model_name, layer, source)

@@ -1,10 +1,12 @@
 """Rule adapter: per-class and overall baseline accuracy from a model's eval activation store."""
 
-import sys
+import logging
 
 from unitablation.accuracy import class_accuracy_table, never_predicted
 from unitablation.logs import logged_to
 from unitablation.store import ActivationStore, atomic_path
+
+LOG = logging.getLogger("unitablation.scripts.baseline_accuracy")
 
 
 def main(store_path: str, table_out: str) -> None:
@@ -12,10 +14,10 @@ def main(store_path: str, table_out: str) -> None:
     with ActivationStore(store_path) as store:
         table = class_accuracy_table(store.labels(), store.logits(), store.classes)
     overall = table.iloc[-1]
-    print(f"overall accuracy {overall.accuracy:.2f}% on {overall.n_images} images", file=sys.stderr)
+    LOG.info(f"overall accuracy {overall.accuracy:.2f}% on {overall.n_images} images")
     missing = never_predicted(table)
     if missing:
-        print(f"classes never predicted: {', '.join(missing)}", file=sys.stderr)
+        LOG.warning(f"classes never predicted: {', '.join(missing)}")
     with atomic_path(table_out) as temporary:
         table.to_csv(temporary, index=False, float_format="%.4f")
 

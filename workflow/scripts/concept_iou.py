@@ -1,6 +1,6 @@
 """Rule adapter: Network Dissection IoU of every unit of one layer with every Broden concept."""
 
-import sys
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,8 @@ from unitablation.concepts import (
 from unitablation.logs import logged_to, progress_options
 from unitablation.rotation import haar_rotation, parse_basis
 from unitablation.store import ActivationStore, atomic_paths
+
+LOG = logging.getLogger("unitablation.scripts.concept_iou")
 
 
 def main(
@@ -45,7 +47,7 @@ def main(
         classes = store.classes
         layout = store.layout(layer)  # maps: a token layer's patch tokens on their grid
         n_units = layout.units
-        print(f"layer {layer}: {layout.describe()}", file=sys.stderr)
+        LOG.info(f"layer {layer}: {layout.describe()}")
         rotation = None if seed is None else haar_rotation(n_units, seed)
         bar = tqdm(total=n_units, unit="unit", **progress_options(f"{layer} units"))
         result = concept_iou(
@@ -62,11 +64,10 @@ def main(
         bar.close()
     table = result.table(iou_threshold=None)
     table.insert(4, "concept_class", concept_classes(labels, result.best()[0], classes))
-    print(
+    LOG.info(
         f"{n_units} units, {len(result.label_numbers)} labels, counting {result.counting!r}; "
         f"best IoU max {table['iou'].max():.4g}, median {table['iou'].median():.4g}; "
         f"overlapping no concept (IoU 0, no concept named): {int((table['iou'] <= 0).sum())}",
-        file=sys.stderr,
     )
     with atomic_paths([table_out, matrix_out]) as (table_tmp, matrix_tmp):
         table.to_csv(table_tmp, index=False, float_format="%.6g")

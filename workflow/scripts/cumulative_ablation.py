@@ -1,6 +1,6 @@
 """Rule adapter: cumulative ablation of each class's top-ranked units of one layer (unit basis)."""
 
-import sys
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,6 +15,8 @@ from unitablation.lease import gpu_lease
 from unitablation.logs import logged_to, progress_options
 from unitablation.models import load_configured_model
 from unitablation.store import ActivationStore, atomic_path
+
+LOG = logging.getLogger("unitablation.scripts.cumulative_ablation")
 
 
 def main(
@@ -34,11 +36,11 @@ def main(
     use_full_float32()
     batch_size = cumulative["batch_size"]
     with gpu_lease(device_name) as lease, ActivationStore(store_path) as store:
-        print(f"device: {lease.description}", file=sys.stderr)
+        LOG.info(f"device: {lease.description}")
         model, _, classes = load_configured_model(model_entry, weights, lease.device, store.classes)
         labels = store.labels()
         layout = store.layout(layer)
-        print(f"layer {layer}: {layout.describe()}", file=sys.stderr)
+        LOG.info(f"layer {layer}: {layout.describe()}")
         # a_u(x) per image (tokens: the mean over patch tokens), averaged over the eval set
         channel_means = torch.from_numpy(store.layer(layer)["mean"][:].mean(axis=0))
         replacement = channel_means if cumulative["mode"] == "mean" else None
@@ -72,10 +74,9 @@ def main(
             progress=lambda items, stage: tqdm(items, total=total, **progress_options(stage)),
             unit_dim=layout.unit_dim,
         )
-    print(
+    LOG.info(
         f"ranking and sets by {result.method}; "
         f"classes skipped (no ranking or measure images): {result.skipped_classes or 'none'}",
-        file=sys.stderr,
     )
     with atomic_path(table_out) as temporary:
         result.table.to_csv(temporary, index=False, float_format="%.6g")

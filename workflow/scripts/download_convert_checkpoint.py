@@ -1,19 +1,20 @@
 """Rule adapter: a published checkpoint with its key map applied, as a torchvision state dict."""
 
-import sys
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 from unitablation.checkpoints import convert_checkpoint
 from unitablation.logs import logged_to
 
+LOG = logging.getLogger("unitablation.scripts.download_convert_checkpoint")
+
 
 def main(source: str, output: str, convert: Mapping[str, Any]) -> None:
     """Remap, check against the architecture, save."""
-    print(
+    LOG.info(
         f"{source}: key map {convert['keymap']!r} ({len(convert['rules'])} rule(s)), "
         f"torchvision {convert['arch']} with {convert['num_classes']} classes",
-        file=sys.stderr,
     )
     keys = convert_checkpoint(
         source,
@@ -23,7 +24,7 @@ def main(source: str, output: str, convert: Mapping[str, Any]) -> None:
         convert["rules"],
         weights_only=convert["weights_only"],
     )
-    print(f"wrote {output}: {len(keys)} tensors, loads strictly", file=sys.stderr)
+    LOG.info(f"wrote {output}: {len(keys)} tensors, loads strictly")
 
 
 if "snakemake" in globals():

@@ -1,30 +1,26 @@
 """Rule adapter: fetch one download item, verify its checksums, install it (file or folder)."""
 
-import sys
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 from unitablation.download import DownloadItem, install, tqdm_progress
 from unitablation.logs import logged_to
 
-
-def log_line(line: str) -> None:
-    """One progress message to the job's log."""
-    print(line, file=sys.stderr, flush=True)
+LOG = logging.getLogger("unitablation.scripts.download_fetch")
 
 
-def main(output: str, params: Mapping[str, Any]) -> None:
-    """Install the item the params describe at `output`."""
-    item, allow_unpinned = DownloadItem.from_params(params)
+def main(output: str, settings: Mapping[str, Any]) -> None:
+    """Install the item the settings describe at `output`."""
+    item, allow_unpinned = DownloadItem.from_settings(settings)
     pins = ", ".join(f"{key} {value}" for key, value in item.expected().items()) or "none"
-    log_line(f"item {item.name} ({item.kind}) -> {output}; checksums: {pins}")
-    install(
-        item,
-        output,
-        allow_unpinned=allow_unpinned,
-        progress=tqdm_progress(item.name),
-        log=log_line,
-    )
+    LOG.info(f"item {item.name} ({item.kind}) -> {output}; checksums: {pins}")
+    install(item, output, allow_unpinned=allow_unpinned, progress=tqdm_progress(item.name))
+    if not item.pinned:
+        LOG.warning(
+            f"{item.name}: once pinned, run `snakemake --cleanup-metadata {output}` so that the "
+            "pin alone does not trigger a new download."
+        )
 
 
 if "snakemake" in globals():

@@ -1,6 +1,6 @@
 """Rule adapter: one forward pass of a model over an image set, layer outputs to HDF5."""
 
-import sys
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +19,8 @@ from unitablation.lease import gpu_lease
 from unitablation.logs import logged_to, progress_options
 from unitablation.model_sources import describe_source
 from unitablation.models import check_layers, file_sha256, load_configured_model
+
+LOG = logging.getLogger("unitablation.scripts.extract_activations")
 
 
 def main(
@@ -44,13 +46,10 @@ def main(
     torch.set_num_threads(threads)
     use_full_float32()
     with gpu_lease(device_name) as lease:
-        print(f"device: {lease.description}", file=sys.stderr)
+        LOG.info(f"device: {lease.description}")
         device = lease.device
         preprocess = model_preprocess(model_entry)
-        print(
-            f"model: {describe_source(model_entry)}; preprocess: {preprocess.describe()}",
-            file=sys.stderr,
-        )
+        LOG.info(f"model: {describe_source(model_entry)}; preprocess: {preprocess.describe()}")
         listed = None
         if class_list:  # messages name the config key as well as the file
             listed = read_class_list(class_list)
@@ -101,8 +100,8 @@ def main(
             prefix_tokens=model_entry.get("prefix_tokens"),
         )
         for layer, layout in layouts.items():
-            print(f"layer {layer}: {layout.describe()}", file=sys.stderr)
-        print(f"wrote {store_out}: {len(dataset)} images, layers {list(layers)}", file=sys.stderr)
+            LOG.info(f"layer {layer}: {layout.describe()}")
+        LOG.info(f"wrote {store_out}: {len(dataset)} images, layers {list(layers)}")
 
 
 if "snakemake" in globals():

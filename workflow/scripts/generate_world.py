@@ -1,8 +1,8 @@
 """Rule adapter: render the embedded image world as an ImageFolder and a Broden concept set."""
 
+import logging
 import os
 import shutil
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -11,6 +11,8 @@ from typing import Any
 from unitablation.logs import logged_to
 from unitablation.world import WorldSpec
 from unitablation.world_export import write_concept_set, write_image_folder
+
+LOG = logging.getLogger("unitablation.scripts.generate_world")
 
 
 def main(
@@ -26,7 +28,7 @@ def main(
         os.replace(staging / split, final)
     shutil.rmtree(staging)
     write_concept_set(broden_out, spec, progress=True)
-    print(f"world written in {time.perf_counter() - started:.1f} s: {spec}", file=sys.stderr)
+    LOG.info(f"world written in {time.perf_counter() - started:.1f} s: {spec}")
 
 
 if "snakemake" in globals():

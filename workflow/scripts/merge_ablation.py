@@ -3,7 +3,7 @@
 Every drop is baseline minus ablated, both computed by the engine on the same path (the
 shard job has checked that path's baseline against the stored full-network logits)."""
 
-import sys
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -14,6 +14,8 @@ from unitablation.drops import drop_tables
 from unitablation.logs import logged_to
 from unitablation.shard_store import load_counts
 from unitablation.store import ActivationStore, atomic_paths
+
+LOG = logging.getLogger("unitablation.scripts.merge_ablation")
 
 
 def main(
@@ -32,11 +34,10 @@ def main(
     if not np.array_equal(sizes, counts.class_sizes):
         raise ValueError(f"shards were computed on other images than {store_path}")
     mismatches = int(attrs["baseline_mismatches"])
-    print(
+    LOG.info(
         f"{len(counts.units)} units, method {counts.method}; unablated predictions through the "
         f"ablation path ({attrs['baseline_source']}) differ from the stored full-network logits "
         f"on {mismatches} eval image(s)",
-        file=sys.stderr,
     )
     tables = drop_tables(
         counts.units,
@@ -69,7 +70,7 @@ def main(
             handle.attrs["baseline_source"] = attrs["baseline_source"]
             handle.attrs["baseline_mismatches"] = mismatches
     worst = tables.drops.sort_values("max_class_drop", ascending=False).head(3)
-    print(worst.to_string(index=False), file=sys.stderr)
+    LOG.info("units with the largest class drops:\n%s", worst.to_string(index=False))
 
 
 if "snakemake" in globals():

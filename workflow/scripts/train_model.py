@@ -1,6 +1,6 @@
 """Rule adapter: train one miniature model variant on an ImageFolder and save its weights."""
 
-import sys
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,6 +14,8 @@ from unitablation.logs import logged_to
 from unitablation.models import ModelSpec, build_model, save_checkpoint
 from unitablation.store import atomic_paths
 from unitablation.training import TrainConfig, train_model
+
+LOG = logging.getLogger("unitablation.scripts.train_model")
 
 
 def main(
@@ -30,20 +32,17 @@ def main(
     torch.set_num_threads(threads)
     use_full_float32()
     with gpu_lease(device_name) as lease:
-        print(f"device: {lease.description}", file=sys.stderr)
+        LOG.info(f"device: {lease.description}")
         device = lease.device
         dataset = ImageFolderSet(images_dir, model_preprocess(model_entry))
         images, labels = stack_dataset(dataset)
         spec = ModelSpec.from_config(model_entry, len(dataset.classes), images.shape[-1])
-        print(
-            f"training {spec} on {len(dataset)} images, {len(dataset.classes)} classes",
-            file=sys.stderr,
-        )
+        LOG.info(f"training {spec} on {len(dataset)} images, {len(dataset.classes)} classes")
         torch.manual_seed(seed)
         model = build_model(spec)
 
         def report(record: dict[str, float]) -> None:
-            print(", ".join(f"{key}={value:.4g}" for key, value in record.items()), file=sys.stderr)
+            LOG.info(", ".join(f"{key}={value:.4g}" for key, value in record.items()))
 
         history = train_model(
             model, images, labels, TrainConfig.from_config(training, seed), device, on_epoch=report

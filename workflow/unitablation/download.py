@@ -5,17 +5,22 @@ folder). Items come from the shipped table `resources/downloads.yaml`, entries o
 `downloads` may override or extend. Every item is verified against whatever checksums it
 pins: `sha256` (full), `sha256_prefix` (what torchvision's file names carry), `md5` (what
 ImageNet publishes). An item without any checksum is refused unless the caller allows it; its
-sha256 is then printed so it can be pinned.
+sha256 is then logged so it can be pinned.
 
 Nothing half-done is ever left under an output name: a download goes to a hidden temporary name
 beside the output, an archive is extracted into a hidden temporary folder, and only a verified,
 complete result is renamed into place. On any failure the temporary files are removed.
+
+Progress and facts go to this module's logger at INFO, failed attempts and accepted unpinned
+files at WARNING. The module knows files, URLs, checksums and archives, not the workflow engine
+that schedules the downloads: naming targets and command lines is the caller's business.
 """
 
 from __future__ import annotations
 
 import hashlib
 import http.client
+import logging
 import os
 import re
 import shutil
@@ -32,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
+LOG = logging.getLogger(__name__)
 #: Where raw items land (relative to the working directory), one entry per item.
 DOWNLOAD_ROOT = "resources/downloads"
 KINDS = ("file", "archive")
@@ -139,9 +145,9 @@ class DownloadItem:
         pins = {"sha256": self.sha256, "sha256_prefix": self.sha256_prefix, "md5": self.md5}
         return {key: value for key, value in pins.items() if value}
 
-    def job_params(self, allow_unpinned: bool) -> dict[str, Any]:
+    def settings(self, allow_unpinned: bool) -> dict[str, Any]:
         """Exactly what fetching reads; `allow_unpinned` only where it matters (no pin)."""
-        params: dict[str, Any] = {
+        settings: dict[str, Any] = {
             "name": self.name,
             "kind": self.kind,
             "filename": self.filename,
@@ -149,18 +155,18 @@ class DownloadItem:
             **self.expected(),
         }
         if self.subdir:
-            params["subdir"] = self.subdir
+            settings["subdir"] = self.subdir
         if not self.pinned:
-            params["allow_unpinned"] = bool(allow_unpinned)
-        return params
+            settings["allow_unpinned"] = bool(allow_unpinned)
+        return settings
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> tuple[DownloadItem, bool]:
-        """Inverse of job_params: the item and whether unpinned downloads are allowed."""
+    def from_settings(cls, settings: Mapping[str, Any]) -> tuple[DownloadItem, bool]:
+        """Inverse of settings: the item and whether unpinned downloads are allowed."""
         entry = {
-            key: value for key, value in params.items() if key not in ("name", "allow_unpinned")
+            key: value for key, value in settings.items() if key not in ("name", "allow_unpinned")
         }
-        return cls.from_entry(params["name"], entry), bool(params.get("allow_unpinned", False))
+        return cls.from_entry(settings["name"], entry), bool(settings.get("allow_unpinned", False))
 
 
 def url_basename(url: str) -> str:
@@ -170,7 +176,7 @@ def url_basename(url: str) -> str:
 
 def load_table(path: str | Path) -> dict[str, dict[str, Any]]:
     """Read the shipped item table (YAML mapping of item name to entry)."""
-    import yaml  # only the Snakefile side reads YAML; rule environments need not have it
+    import yaml  # only reading the table needs YAML; fetching and installing do not
 
     with open(path) as handle:
         table = yaml.safe_load(handle) or {}
@@ -198,34 +204,15 @@ def load_items(
     return merge_items(load_table(table_path), overrides)
 
 
-def name_pattern(items: Mapping[str, DownloadItem], kind: str, convertible: bool = False) -> str:
-    """Regular expression matching exactly the names of items of `kind` (a wildcard constraint).
+def check_fetchable(item: DownloadItem, allow_unpinned: bool) -> None:
+    """Fail before any request when fetching cannot succeed: no URL, or no pin and not allowed.
 
-    With `convertible`, only items that carry a checkpoint conversion. Never matches when none.
+    Raises DownloadError (no URL) or UnpinnedError, each saying what to set.
     """
-    names = [
-        name
-        for name, item in items.items()
-        if item.kind == kind and (item.convert is not None or not convertible)
-    ]
-    return "|".join(map(re.escape, names)) or "(?!)"
-
-
-def checked_job_params(
-    item: DownloadItem, filename: str | None, allow_unpinned: bool
-) -> dict[str, Any]:
-    """The item's job params, or ValueError before any job runs when the job cannot succeed.
-
-    Fails when the requested file name is not the item's, the item has no URL, or it pins no
-    checksum and unpinned downloads are not allowed.
-    """
-    if filename is not None and filename != item.filename:
-        raise ValueError(f"download item {item.name!r} installs {item.path()}, not {filename}")
     if not item.urls:
-        raise ValueError(missing_url_message(item))
+        raise DownloadError(missing_url_message(item))
     if not item.pinned and not allow_unpinned:
-        raise ValueError(unpinned_message(item))
-    return item.job_params(allow_unpinned)
+        raise UnpinnedError(unpinned_message(item))
 
 
 def unpinned_message(item: DownloadItem) -> str:
@@ -233,10 +220,19 @@ def unpinned_message(item: DownloadItem) -> str:
     return (
         f"download item {item.name!r} pins no checksum (sha256, sha256_prefix or md5) in "
         f"resources/downloads.yaml or config downloads.{item.name}, so its content cannot be "
-        "verified. For a first download set allow_unpinned_downloads: true (e.g. --config "
-        "allow_unpinned_downloads=True); the download log then prints the file's sha256: pin it "
-        f"as downloads.{item.name}.sha256 (or in resources/downloads.yaml) and drop the flag."
+        "verified. For a first download set the config key allow_unpinned_downloads to true; "
+        f"the download log then shows the file's sha256: pin it as downloads.{item.name}.sha256 "
+        "(or in resources/downloads.yaml) and drop the flag."
         + (f" Note: {item.note}" if item.note else "")
+    )
+
+
+def unpinned_accepted_message(item: DownloadItem, sha256: str) -> str:
+    """What to pin after an unpinned download was accepted."""
+    return (
+        f"{item.name}: UNPINNED download accepted (allow_unpinned_downloads). To pin it, "
+        f"add `sha256: {sha256}` to item {item.name} (resources/downloads.yaml "
+        f"or config downloads.{item.name}) and drop allow_unpinned_downloads."
     )
 
 
@@ -372,7 +368,6 @@ def fetch(
     backoff_s: float = BACKOFF_S,
     timeout_s: float = TIMEOUT_S,
     progress: Progress | None = None,
-    log: Callable[[str], None] = print,
     sleep: Callable[[float], None] = time.sleep,
 ) -> tuple[str, dict[str, str]]:
     """Download a remote item to `part`, trying each URL in turn, with retries; verify it.
@@ -388,13 +383,13 @@ def fetch(
     bad: dict[str, list[str]] = {}
     for attempt in range(retries + 1):
         for url in list(live):
-            log(f"{item.name}: attempt {attempt + 1} of {retries + 1}: {url}")
+            LOG.info(f"{item.name}: attempt {attempt + 1} of {retries + 1}: {url}")
             try:
                 actual = _download_once(url, part, bool(item.md5), timeout_s, progress)
             except Exception as error:  # noqa: BLE001 - classified below
                 part.unlink(missing_ok=True)
                 errors[url] = f"{type(error).__name__}: {error}"
-                log(f"{item.name}: {url} failed: {errors[url]}")
+                LOG.warning(f"{item.name}: {url} failed: {errors[url]}")
                 if not _is_transient(error):
                     live.remove(url)
                 continue
@@ -404,12 +399,12 @@ def fetch(
             part.unlink(missing_ok=True)
             bad[url] = problems
             live.remove(url)
-            log(f"{item.name}: {url}: checksum mismatch: {'; '.join(problems)}")
+            LOG.warning(f"{item.name}: {url}: checksum mismatch: {'; '.join(problems)}")
         if not live:
             break
         if attempt < retries:
             wait = backoff_s * 2**attempt
-            log(f"{item.name}: retrying in {wait:.1f} s")
+            LOG.info(f"{item.name}: retrying in {wait:.1f} s")
             sleep(wait)
     if bad:
         details = "; ".join(f"from {url}: {'; '.join(p)}" for url, p in bad.items())
@@ -425,16 +420,16 @@ def fetch(
     )
 
 
-def _verify_local(item: DownloadItem, log: Callable[[str], None]) -> tuple[Path, dict[str, str]]:
+def _verify_local(item: DownloadItem) -> tuple[Path, dict[str, str]]:
     """The first existing local source of an item, verified in place; ChecksumError if wrong."""
     for url in item.urls:
         if not is_local(url):
             continue
         path = local_path(url)
         if not path.is_file():
-            log(f"{item.name}: local source {path} does not exist")
+            LOG.info(f"{item.name}: local source {path} does not exist")
             continue
-        log(f"{item.name}: verifying local file {path}")
+        LOG.info(f"{item.name}: verifying local file {path}")
         actual = file_digests(path, md5=bool(item.md5))
         problems = mismatches(item, actual)
         if problems:
@@ -520,7 +515,6 @@ def install(
     backoff_s: float = BACKOFF_S,
     timeout_s: float = TIMEOUT_S,
     progress: Progress | None = None,
-    log: Callable[[str], None] = print,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, str]:
     """Fetch, verify and install an item at `output` (a file, or a folder for an archive).
@@ -530,34 +524,25 @@ def install(
     archive is extracted from it. Returns the file's digests.
     """
     output = Path(output)
-    if not item.urls:
-        raise DownloadError(missing_url_message(item))
-    if not item.pinned and not allow_unpinned:
-        raise UnpinnedError(unpinned_message(item))
+    check_fetchable(item, allow_unpinned)
     output.parent.mkdir(parents=True, exist_ok=True)
     tag = f".{item.name}.{item.filename}"
     for leftover in _stale(output.parent, tag):
-        log(f"{item.name}: removing leftover {leftover}")
+        LOG.info(f"{item.name}: removing leftover {leftover}")
         _remove(leftover)
     part = output.parent / f"{tag}.part-{os.getpid()}"
     staging = output.parent / f"{tag}.extract-{os.getpid()}"
     try:
         local = [local_path(url) for url in item.urls if is_local(url)]
         if local and (len(local) == len(item.urls) or any(path.is_file() for path in local)):
-            source, actual = _verify_local(item, log)
+            source, actual = _verify_local(item)
             url = str(source)
         else:
-            url, actual = fetch(item, part, retries, backoff_s, timeout_s, progress, log, sleep)
+            url, actual = fetch(item, part, retries, backoff_s, timeout_s, progress, sleep)
             source = part
-        log(f"{item.name}: sha256 {actual['sha256']} ({url})")
+        LOG.info(f"{item.name}: sha256 {actual['sha256']} ({url})")
         if not item.pinned:
-            log(
-                f"{item.name}: UNPINNED download accepted (allow_unpinned_downloads). To pin it, "
-                f"add `sha256: {actual['sha256']}` to item {item.name} (resources/downloads.yaml "
-                f"or config downloads.{item.name}), drop allow_unpinned_downloads, and "
-                f"run `snakemake --cleanup-metadata {output}` so that the pin alone does not "
-                "trigger a new download."
-            )
+            LOG.warning(unpinned_accepted_message(item, actual["sha256"]))
         if output.is_dir() and not output.is_symlink() and not any(output.iterdir()):
             output.rmdir()  # an empty folder left by the scheduler
         if item.kind == "file":
@@ -577,7 +562,7 @@ def install(
                 f"(subdir); its top level holds {_top_level(staging)}"
             )
         os.replace(root, output)
-        log(f"{item.name}: extracted into {output}")
+        LOG.info(f"{item.name}: extracted into {output}")
         return actual
     finally:
         for leftover in _stale(output.parent, tag):

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import re
 import socket
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+LOG = logging.getLogger(__name__)
 
 LOCK_DIR_ENV = "UNITABLATION_LOCK_DIR"
 #: Pretend this many GPUs are visible and run on the CPU: exercises leases and scheduling on a
@@ -97,11 +99,6 @@ def _parse_device_name(device_name: str) -> tuple[str, int | None]:
     if match is None:
         raise ValueError(f"unknown device {device_name!r}; expected {DEVICE_FORMS}")
     return "cuda", int(match.group(1))
-
-
-def _log_to_stderr(message: str) -> None:
-    """Default log: one line on stderr, which Snakemake jobs redirect to their log file."""
-    print(message, file=sys.stderr, flush=True)
 
 
 def _open_lock_file(path: Path) -> tuple[int, bool]:
@@ -229,11 +226,11 @@ def gpu_lease(
     device_name is the config value: 'cpu'; 'auto' (cpu when no GPU is visible, else as 'cuda');
     'cuda' (the first free visible GPU); 'cuda:N' (exactly visible GPU N, waiting while taken).
     device_count defaults to torch.cuda.device_count and is injectable so tests can fake GPUs.
-    While every wanted slot is taken it logs once (default: stderr) and polls every poll_seconds;
-    past timeout_seconds it raises TimeoutError. clock and sleep time that wait (injectable so
-    tests can count polls instead of watching a wall clock). The lock is released when the block
-    exits, on exceptions too, and by the kernel if the process dies. Moving tensors to
-    lease.device (and any torch.cuda.set_device) is the caller's job.
+    While every wanted slot is taken it logs once (default: this module's logger at INFO) and
+    polls every poll_seconds; past timeout_seconds it raises TimeoutError. clock and sleep time
+    that wait (injectable so tests can count polls instead of watching a wall clock). The lock is
+    released when the block exits, on exceptions too, and by the kernel if the process dies.
+    Moving tensors to lease.device (and any torch.cuda.set_device) is the caller's job.
     """
     kind, requested = _parse_device_name(device_name)
     if poll_seconds <= 0:
@@ -274,7 +271,7 @@ def gpu_lease(
     ]
     wanted = slots if requested is None else [slots[requested]]
     slot, fd, writable = _acquire(
-        wanted, directory, poll_seconds, timeout_seconds, log or _log_to_stderr, clock, sleep
+        wanted, directory, poll_seconds, timeout_seconds, log or LOG.info, clock, sleep
     )
     try:
         if writable:
@@ -288,11 +285,11 @@ def gpu_lease(
         if simulated:
             device = torch.device("cpu")
             description += f", simulated by {SIMULATED_GPUS_ENV}={simulated}: running on cpu"
-        _log_to_stderr(f"GPU lease: slot {slot.index} held from {time.time():.3f}")
+        LOG.info(f"GPU lease: slot {slot.index} held from {time.time():.3f}")
         gate = os.environ.get(SIMULATED_GATE_ENV) if simulated else None
         if gate:
             _wait_at_gate(Path(gate), slot.index, sleep)
         yield Lease(device, slot.index, slot.lock_path, description)
     finally:
-        _log_to_stderr(f"GPU lease: slot {slot.index} released at {time.time():.3f}")
+        LOG.info(f"GPU lease: slot {slot.index} released at {time.time():.3f}")
         _release(fd, writable)
