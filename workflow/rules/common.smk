@@ -485,8 +485,10 @@ def figure_study():
 
 
 def figure_names(scope):
-    """Wildcard pattern of the registered figure names of one scope."""
-    return "|".join(re.escape(spec.name) for spec in figure_registry.figures(scope))
+    """Wildcard pattern of the registered figure names of one scope (never matching when the
+    scope has none, so that its rule then never applies)."""
+    names = [re.escape(spec.name) for spec in figure_registry.figures(scope)]
+    return "|".join(names) or "(?!)"
 
 
 def figure_inputs(wildcards):
