@@ -2,7 +2,9 @@
 
 Neither run pins PYTHONHASHSEED, and the second sets it to `random` even where the caller's
 environment pins it, so every job of it hashes strings differently from the first run's: an
-output that depended on set or hash order would differ.
+output that depended on set or hash order would differ. Both runs are the session's (conftest):
+the second goes on in the background at low priority while the other tests run, and this test,
+which goes last, waits for it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from workflow_runs import snakemake
+from workflow_runs import BackgroundRun
 
 pytestmark = pytest.mark.workflow
 
@@ -46,20 +48,19 @@ def hdf5_contents(path: Path) -> dict[str, object]:
     return contents
 
 
-def test_two_runs_from_scratch_are_identical(tiny_run: Path, tmp_path: Path) -> None:
-    result = snakemake(tmp_path, "--cores", "2", env={"PYTHONHASHSEED": "random"})
+def test_two_runs_from_scratch_are_identical(tiny_run: Path, tiny_rerun: BackgroundRun) -> None:
+    result = tiny_rerun.result()
     assert result.returncode == 0, result.stderr[-3000:]
+    rerun = tiny_rerun.workdir
     for suffix in (".csv", ".md", ".png", ".pdf", ".pt"):
         files = result_files(tiny_run, suffix)
-        assert files == result_files(tmp_path, suffix)
+        assert files == result_files(rerun, suffix)
         for relative in files:
-            assert (tmp_path / relative).read_bytes() == (tiny_run / relative).read_bytes(), (
-                relative
-            )
+            assert (rerun / relative).read_bytes() == (tiny_run / relative).read_bytes(), relative
     stores = result_files(tiny_run, ".h5")
-    assert stores == result_files(tmp_path, ".h5") and len(stores) > 50
+    assert stores == result_files(rerun, ".h5") and len(stores) > 50
     for relative in stores:
-        first, second = hdf5_contents(tiny_run / relative), hdf5_contents(tmp_path / relative)
+        first, second = hdf5_contents(tiny_run / relative), hdf5_contents(rerun / relative)
         assert first.keys() == second.keys(), relative
         for name, value in first.items():
             other = second[name]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,65 @@ def snakemake(
     command = snakemake_command(workdir, *args, config=config, snakefile=snakefile)
     environment = {**os.environ, **(env or {})}
     return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=timeout)
+
+
+@dataclass
+class BackgroundRun:
+    """A Snakemake run going on in its own process group, its output in files beside `workdir`."""
+
+    workdir: Path
+    process: subprocess.Popen
+    stdout: Path
+    stderr: Path
+
+    def result(self, timeout: float = 3600) -> subprocess.CompletedProcess:
+        """Wait for the run (`timeout` guards against hangs only) and return what it printed."""
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise
+        return subprocess.CompletedProcess(
+            self.process.args,
+            self.process.returncode,
+            self.stdout.read_text(),
+            self.stderr.read_text(),
+        )
+
+    def stop(self) -> None:
+        """End the run and every job it started, if it is still going."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def start_snakemake(
+    workdir: Path,
+    *args: str,
+    config: Path | Sequence[Path] = TINY,
+    env: Mapping[str, str] | None = None,
+    niceness: int = 0,
+) -> BackgroundRun:
+    """Start Snakemake as `snakemake()` would run it, without waiting; `niceness` > 0 gives it
+    only the CPU that other processes of this session leave idle.
+
+    The run gets a process group of its own (so `stop` reaches its jobs) but stays in the caller's
+    session: with the kernel's autogroup scheduling, a new session would make the niceness void.
+    """
+    command = snakemake_command(workdir, *args, config=config)
+    if niceness:
+        command = ["nice", "-n", str(niceness), *command]
+    stdout = workdir.with_name(f"{workdir.name}.stdout")
+    stderr = workdir.with_name(f"{workdir.name}.stderr")
+    with stdout.open("w") as out, stderr.open("w") as err:
+        process = subprocess.Popen(
+            command, stdout=out, stderr=err, env={**os.environ, **(env or {})}, process_group=0
+        )
+    return BackgroundRun(workdir, process, stdout, stderr)
 
 
 def tiny_config() -> dict[str, Any]:
