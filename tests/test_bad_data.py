@@ -2,17 +2,22 @@
 
 A module fixture copies the tiny run's world into a user-data layout (`data/train`, `data/val`,
 `data/broden`, as a researcher's own folders would be) and builds the stores every case starts
-from. Each case copies that directory, damages one file, and asks Snakemake for the one output
-that reads it, with `--keep-incomplete` so that whatever the job wrote stays where it is: that job
-(and no other) must fail, its own log must hold the library's message naming the damaged file
-(the fixture's logs are removed first, and Snakemake's output, which lists every input file, does
-not count), and none of the job's outputs (nor any `.partial` temporary) may exist afterwards.
+from. Each case damages one file and asks Snakemake for the one output that reads it, with
+`--keep-incomplete` so that whatever the job wrote stays where it is: that job (and no other)
+must fail, its own log must hold the library's message naming the damaged file (the fixture's
+logs are removed first, and Snakemake's output, which lists every input file, does not count),
+and none of the job's outputs (nor any `.partial` temporary) may exist afterwards.
+
+Cases whose jobs read none of each other's files share one copy of that directory and one
+Snakemake call (`--keep-going`, so every job of the call runs): each case's job must fail, for
+its own file, and no job but its cases' may fail, so a case that another one hid or broke fails.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -319,22 +324,78 @@ def words(text: str) -> str:
     return " ".join(text.split())
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
-def test_bad_file_fails_its_job_naming_the_file(prepared: Path, tmp_path: Path, case: Case) -> None:
-    """The reading job fails, and its own log (no other) carries the library's message."""
-    workdir = tmp_path / "run"
+#: Cases run together: no case damages or removes a file that another one's job reads.
+GROUPS = (
+    ("corrupt eval image", "truncated concept image"),
+    ("class with no eval images", "index.csv without sh column"),
+    ("truncated activation store", "truncated mask png", "resnet18 weights of wrong shapes"),
+    ("store without a dataset", "mask ids not in label.csv"),
+    ("tinyalex checkpoint of other widths",),
+)
+FAILED_JOB = re.compile(r"^Error in rule (\w+):\n(?:    .*\n)*?    log: (\S+)", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class GroupRun:
+    """One Snakemake call on a copy of the prepared directory with its cases' damage."""
+
+    workdir: Path
+    cases: tuple[Case, ...]
+    bad_files: dict[str, str]  # case name -> damaged file, relative to workdir
+    result: subprocess.CompletedProcess
+
+    def failed_jobs(self) -> list[tuple[str, str]]:
+        """(rule, log) of every job Snakemake reported as failed, sorted."""
+        return sorted(FAILED_JOB.findall(self.result.stderr))
+
+
+def run_group(prepared: Path, workdir: Path, cases: tuple[Case, ...]) -> GroupRun:
+    """Copy `prepared`, remove and damage what the cases say, and ask for all their targets."""
     shutil.copytree(prepared, workdir, symlinks=True)
     shutil.rmtree(workdir / "results" / "logs")  # the fixture's logs must not count
-    for name in case.removed:
+    for name in (name for case in cases for name in case.removed):
         (workdir / name).unlink()
-    bad_file = case.damage(workdir).relative_to(workdir).as_posix()
-    config = workdir / "config.yaml"
-    result = snakemake(workdir, "--cores", "1", "--keep-incomplete", *case.targets, config=config)
-    assert result.returncode != 0, result.stderr[-3000:]
-    failed = re.findall(r"^Error in rule (\w+):\n(?:    .*\n)*?    log: (\S+)", result.stderr, re.M)
-    assert failed == [(case.rule, case.log)], result.stderr[-3000:]
+    bad_files = {case.name: case.damage(workdir).relative_to(workdir).as_posix() for case in cases}
+    targets = [target for case in cases for target in case.targets]
+    result = snakemake(
+        workdir,
+        *("--cores", "2", "--keep-going", "--keep-incomplete", *targets),
+        config=workdir / "config.yaml",
+    )
+    return GroupRun(workdir, cases, bad_files, result)
+
+
+@pytest.fixture(scope="module")
+def group_runs(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, GroupRun]:
+    """Every group's run, by the name of each of its cases."""
+    by_name = {case.name: case for case in CASES}
+    runs = {}
+    for names in GROUPS:
+        workdir = tmp_path_factory.mktemp("bad_data_group") / "run"
+        run = run_group(prepared, workdir, tuple(by_name[name] for name in names))
+        runs.update(dict.fromkeys(names, run))
+    return runs
+
+
+def test_groups_hold_every_case_once() -> None:
+    names = [name for group in GROUPS for name in group]
+    assert sorted(names) == sorted(case.name for case in CASES)
+    assert len(set(names)) == len(names)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_bad_file_fails_its_job_naming_the_file(
+    group_runs: dict[str, GroupRun], case: Case
+) -> None:
+    """The reading job fails, and its own log (no other) carries the library's message."""
+    run = group_runs[case.name]
+    workdir, stderr = run.workdir, run.result.stderr
+    assert run.result.returncode != 0, stderr[-3000:]
+    failed, expected = run.failed_jobs(), {(c.rule, c.log) for c in run.cases}
+    assert (case.rule, case.log) in failed, stderr[-3000:]
+    assert set(failed) <= expected and len(set(failed)) == len(failed), stderr[-3000:]
     log = (workdir / case.log).read_text()
-    message = case.message.format(file=bad_file)
+    message = case.message.format(file=run.bad_files[case.name])
     assert words(message) in words(log), f"{case.log} lacks {message!r}:\n{log[-3000:]}"
     for name in case.targets:
         assert not (workdir / name).exists(), f"{name} left behind after the failure"
