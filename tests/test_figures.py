@@ -4,6 +4,7 @@ tables, checked through the Figure; the registry and the mask definition."""
 from __future__ import annotations
 
 import importlib.util
+import logging
 import pkgutil
 import subprocess
 import sys
@@ -827,3 +828,13 @@ def test_figures_and_masks_import_without_torch() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[0] == f"{len(reg.figures())} [[False, False, True, True]]"
+
+
+def test_saving_a_pdf_keeps_font_subsetting_records_out_of_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    save_figure(drops_figure({"unit": units_table("l", "unit", 0)}), tmp_path / "drops", DPI)
+    assert (tmp_path / "drops.pdf").stat().st_size > 0
+    assert not [r for r in caplog.records if r.name.startswith("fontTools")]
+    assert logging.getLogger("fontTools").level == logging.NOTSET  # restored

@@ -10,8 +10,10 @@ accuracies and hit rates in percent.
 from __future__ import annotations
 
 import functools
+import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ParamSpec
 
@@ -84,11 +86,24 @@ def save_figure(figure: Figure, stem: str | Path, dpi: float) -> tuple[Path, Pat
     """Write `<stem>.png` (at `dpi`) and `<stem>.pdf`, each via a temporary name then rename."""
     stem = Path(stem)
     paths = (stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".pdf"))
-    with matplotlib.rc_context(STYLE):
+    with matplotlib.rc_context(STYLE), _quiet_font_subsetting():
         for path, metadata in zip(paths, (PNG_METADATA, PDF_METADATA), strict=True):
             with atomic_path(path) as temporary:
                 figure.savefig(temporary, format=path.suffix[1:], dpi=dpi, metadata=metadata)
     return paths
+
+
+@contextmanager
+def _quiet_font_subsetting() -> Iterator[None]:
+    """Keep fontTools' INFO records (a few hundred lines per PDF: every glyph subset) out of
+    the job's log while the PDF embeds its fonts; its warnings still come through."""
+    fonts = logging.getLogger("fontTools")
+    previous = fonts.level
+    fonts.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        fonts.setLevel(previous)
 
 
 def numeric(values: pd.Series | Sequence[float]) -> np.ndarray:
