@@ -222,7 +222,7 @@ CONCEPT_LOG = f"results/logs/extract_activations/{MODEL}_concept_{LAYER}.log"
 CONCEPT_IOU_LOG = f"results/logs/concept_iou/{MODEL}/{LAYER}/unit.log"
 EXTRACT = "extract_activations"
 
-#: The messages are those of the README's Reliability table (its `...` left out).
+#: The messages are those of docs/reliability.md's table (its `...` left out).
 CASES = [
     Case(
         "corrupt eval image",

@@ -176,7 +176,7 @@ def test_dry_run_builds_the_full_dag(tmp_path: Path, local_urls: Path, name: str
 
 
 def test_expected_counts_are_what_the_configs_say() -> None:
-    """The numbers the dry-run test asserts, spelled out for the README."""
+    """The numbers the dry-run test asserts, spelled out by hand (shards per layer, x 4 bases)."""
     assert expected_counts("alexnet_imagenet")["ablate_shard"] == (1 + 2 + 3 + 2 + 2) * 4
     assert expected_counts("vgg16_imagenet")["ablate_shard"] == (4 + 4) * 4
     assert expected_counts("resnet50_imagenet")["ablate_shard"] == (8 + 16) * 4

@@ -14,16 +14,16 @@ from pathlib import Path
 
 import pandas as pd
 
-#: Columns whose cells are class names, or ";"-joined lists of class names.
+from .attribute_registry import class_attributes
+
+#: Columns whose cells are class names, or ";"-joined lists of class names: the class-valued
+#: unit attributes (attributes.csv, concepts.csv, units.csv) and the drop tables' class columns.
 CLASS_COLUMNS = frozenset(
     {
+        *class_attributes(),
         "class",  # baseline.csv, cumulative.csv
         "most_hurt_class",  # drops.csv, units.csv
         "top5_hurt_classes",  # units.csv
-        "selective_class",  # attributes.csv, units.csv
-        "correlated_class",
-        "outgoing_class",
-        "concept_class",  # concepts.csv, units.csv
         "classes_never_predicted",  # variants.csv, rotation.csv
     }
 )
