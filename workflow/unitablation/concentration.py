@@ -18,6 +18,8 @@ import zlib
 import numpy as np
 import pandas as pd
 
+from .degenerate import flag
+
 #: A unit's damage is concentrated when its p-value is below this.
 ALPHA = 0.05
 #: Drops (points) closer than this are equal: the null statistic and M_u are both computed in
@@ -150,7 +152,7 @@ def concentration_table(
 def concentration_summary(table: pd.DataFrame) -> dict[str, float | int]:
     """Units with n_u > 0, how many of them are concentrated, and the fraction (NaN if none)."""
     losing = pd.to_numeric(table["n_lost"], errors="coerce").fillna(0) > 0
-    concentrated = table["concentrated"].astype(str).str.lower().eq("true") & losing
+    concentrated = table["concentrated"].map(flag).astype(bool) & losing
     n_losing, n_concentrated = int(losing.sum()), int(concentrated.sum())
     return {
         "n_units_losing": n_losing,

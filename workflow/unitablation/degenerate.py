@@ -14,16 +14,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .table_io import read_flag
+
 
 def flag(value: object) -> bool:
-    """A table cell as a boolean: True, 1 or "true" (any case); NaN, None and the rest False."""
-    if isinstance(value, str):
-        return value.strip().lower() == "true"
-    if isinstance(value, (bool, np.bool_, int, np.integer)):
-        return bool(value)
-    if isinstance(value, (float, np.floating)):
-        return value == 1.0
-    return False
+    """A table cell as a boolean (table_io.read_flag); an empty or unreadable cell is False."""
+    return read_flag(value) is True
 
 
 def flags(units: pd.DataFrame, column: str) -> np.ndarray:
