@@ -197,7 +197,7 @@ def test_shard_size_reruns_ablation_and_what_reads_drops(tiny_run: Path, tmp_pat
     config["ablation"]["shard_size"] = 3
     full = all_jobs(config)
     expected = select(full, "ablate_shard", "merge_ablation", "unit_table", "layer_statistics")
-    expected |= select(full, "compare", "summary", *FIGURES_OF_UNITS, "all")
+    expected |= select(full, "compare", "summary", "all") | figure_jobs(full, *FIGURES_OF_UNITS)
     assert jobs == expected
     # shards 0000 and 0001 exist and now hold other units; 0002 is new
     assert changed == {path for path in select_paths(full, "ablate_shard") if "0002" not in path}
