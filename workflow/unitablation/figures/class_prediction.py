@@ -25,7 +25,6 @@ from unitablation.figures.style import (
     styled,
     suptitle,
 )
-from unitablation.table_io import read_table
 
 LOG = logging.getLogger(__name__)
 
@@ -47,11 +46,8 @@ SPEC = FigureSpec(
 
 def render(job: FigureJob) -> Figure:
     """class_prediction.csv (unit basis) of every layer of one model, config order."""
-    tables = [read_table(path) for path in job.paths("predictions")]
-    table = pd.concat(tables, ignore_index=True)
-    layers = [str(t["layer"].iloc[0]) for t in tables if len(t)]
+    table, layers, title = job.layer_tables("predictions")
     LOG.info("%d class-prediction rows over layers %s", len(table), layers)
-    title = str(table["model"].iloc[0]) if len(table) else None
     return class_prediction_figure(table, layers, title=title)
 
 

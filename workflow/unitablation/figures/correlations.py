@@ -23,7 +23,6 @@ from unitablation.figures.style import (
     styled,
     suptitle,
 )
-from unitablation.table_io import read_table
 
 LOG = logging.getLogger(__name__)
 
@@ -43,11 +42,8 @@ SPEC = FigureSpec(
 
 def render(job: FigureJob) -> Figure:
     """correlations.csv (unit basis) of every layer of one model, config order."""
-    tables = [read_table(path) for path in job.paths("correlations")]
-    table = pd.concat(tables, ignore_index=True)
-    layers = [str(t["layer"].iloc[0]) for t in tables if len(t)]
+    table, layers, title = job.layer_tables("correlations")
     LOG.info("%d correlation rows over layers %s", len(table), layers)
-    title = str(table["model"].iloc[0]) if len(table) else None
     return correlations_figure(table, layers, title=title)
 
 

@@ -29,7 +29,10 @@ from string import Formatter
 from types import ModuleType
 from typing import Any, Literal
 
+import pandas as pd
 from matplotlib.figure import Figure
+
+from unitablation.table_io import read_table
 
 Scope = Literal["layer", "model", "study"]
 #: Wildcards of each scope's outputs.
@@ -177,6 +180,15 @@ class FigureJob:
         """The paths of an input, in expansion order (one path as a list of one)."""
         value = self.inputs[name]
         return [value] if isinstance(value, str) else [str(v) for v in value]
+
+    def layer_tables(self, name: str) -> tuple[pd.DataFrame, list[str], str | None]:
+        """An input of one table per layer, stacked: the rows, the layers (config order, those
+        with rows) and the model named in them (None when no layer has rows)."""
+        tables = [read_table(path) for path in self.paths(name)]
+        table = pd.concat(tables, ignore_index=True)
+        layers = [str(t["layer"].iloc[0]) for t in tables if len(t)]
+        model = str(table["model"].iloc[0]) if len(table) else None
+        return table, layers, model
 
     def keyed(self, name: str, placeholder: str) -> dict[str, str]:
         """An expanded input's paths by the value its `placeholder` took, in order."""
