@@ -415,7 +415,7 @@ def test_hook_route_refuses_a_module_called_twice() -> None:
 
 
 def test_baseline_comparison_allows_only_float_ties() -> None:
-    from unitablation.ablation import check_baseline, compare_baseline
+    from unitablation.counts import check_baseline, compare_baseline
 
     stored = np.array([[1.0, 0.0, 0.0], [0.5, 0.5 + 4e-6, 0.0], [0.0, 2.0, 1.0], [3.0, 1.0, 0.0]])
     same = compare_baseline(np.array([0, 1, 1, 0]), stored, 1e-5)

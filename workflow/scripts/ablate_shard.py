@@ -9,7 +9,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from unitablation.ablation import AblationEngine, check_baseline, compare_baseline
+from unitablation.ablation import AblationEngine
+from unitablation.counts import check_baseline, compare_baseline
 from unitablation.devices import use_full_float32
 from unitablation.images import ImageFolderSet, model_preprocess
 from unitablation.lease import gpu_lease

@@ -26,7 +26,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .ablation import AblationCounts, AblationEngine, SetCounts
+from .ablation import AblationEngine
+from .counts import AblationCounts, SetCounts
 
 SELECTIONS = ("top", "random")
 TABLE_COLUMNS = (

@@ -9,7 +9,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .ablation import AblationCounts
+from .counts import AblationCounts
 from .store import atomic_path, open_hdf5, require_datasets
 
 COUNT_FIELDS = (
