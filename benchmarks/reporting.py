@@ -1,5 +1,10 @@
 """Shared benchmark helpers: what the figures were measured on, timing, peak memory of child
-processes and table printing."""
+processes and table printing.
+
+Only the standard library is imported at module level (numpy, psutil and torch inside the
+functions that need them), so that benchmarks/docs_tables.py can import a benchmark's
+`docs_tables` cheaply.
+"""
 
 from __future__ import annotations
 
@@ -15,11 +20,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
-import psutil
-import torch
-
 T = TypeVar("T")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def cpu_model() -> str:
@@ -41,15 +43,42 @@ def package_version(name: str) -> str:
         return "missing"
 
 
+def git_state(root: Path = ROOT) -> dict[str, object]:
+    """The commit the figures were measured at, and which tracked files differed from it."""
+
+    def git(*arguments: str) -> str:
+        done = subprocess.run(
+            ["git", "-C", str(root), *arguments], capture_output=True, text=True, check=False
+        )
+        return done.stdout if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD").strip() or "unknown"
+    changed = sorted(
+        line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()
+    )
+    return {"commit": commit, "dirty": bool(changed), "dirty_paths": changed}
+
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages, rounded to 2 decimals."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 def hardware(threads: int, packages: Sequence[str] = ()) -> dict[str, object]:
-    """What the figures were measured on: date, CPU, memory, load, threads and versions."""
+    """What the figures were measured on: date (UTC), commit, CPU, memory, load, threads and
+    versions."""
+    import numpy as np
+    import psutil
+    import torch
+
     info: dict[str, object] = {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "git": git_state(),
         "cpu": cpu_model(),
         "logical_cores": psutil.cpu_count(logical=True),
         "physical_cores": psutil.cpu_count(logical=False),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "load_average_at_start": load_average(),
         "threads": threads,
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -117,7 +146,10 @@ def print_table(rows: list[dict[str, object]], columns: list[tuple[str, str]]) -
 
 
 def write_report(path: Path, report: dict[str, Any]) -> None:
-    """Write a benchmark's JSON report (folders made as needed) and say where."""
+    """Write a benchmark's JSON report (folders made as needed; a temp file renamed, so a killed
+    run leaves no partial report) and say where."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(report, indent=2) + "\n")
+    partial.replace(path)
     print(f"wrote {path}")
