@@ -11,6 +11,8 @@ rule ablate_shard:
         shard="results/{model}/{layer}/{basis}/shards/{shard}.h5",
     log:
         "results/logs/ablate_shard/{model}/{layer}/{basis}/{shard}.log",
+    benchmark:
+        "results/benchmarks/ablate_shard/{model}/{layer}/{basis}/{shard}.tsv"
     conda:
         env_file("torch")
     threads: config["ablation"]["threads"]
@@ -41,6 +43,8 @@ rule merge_ablation:
         prob_drops="results/{model}/{layer}/{basis}/class_prob_drops.h5",
     log:
         "results/logs/merge_ablation/{model}/{layer}/{basis}.log",
+    benchmark:
+        "results/benchmarks/merge_ablation/{model}/{layer}/{basis}.tsv"
     conda:
         env_file("torch")
     params:

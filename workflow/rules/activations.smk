@@ -14,6 +14,8 @@ rule extract_activations:
         store="results/{model}/activations/{split}/{layer}.h5",
     log:
         "results/logs/extract_activations/{model}_{split}_{layer}.log",
+    benchmark:
+        "results/benchmarks/extract_activations/{model}_{split}_{layer}.tsv"
     conda:
         env_file("torch")
     threads: config["activations"]["threads"]
@@ -38,6 +40,8 @@ rule extract_outputs:
         store="results/{model}/activations/{split}.h5",
     log:
         "results/logs/extract_outputs/{model}_{split}.log",
+    benchmark:
+        "results/benchmarks/extract_outputs/{model}_{split}.tsv"
     conda:
         env_file("torch")
     threads: config["activations"]["threads"]
@@ -64,6 +68,8 @@ rule baseline_accuracy:
         ),
     log:
         "results/logs/baseline_accuracy/{model}.log",
+    benchmark:
+        "results/benchmarks/baseline_accuracy/{model}.tsv"
     conda:
         env_file("analysis")
     script:

@@ -19,6 +19,8 @@ rule unit_table:
         ),
     log:
         "results/logs/unit_table/{model}/{layer}/{basis}.log",
+    benchmark:
+        "results/benchmarks/unit_table/{model}/{layer}/{basis}.tsv"
     conda:
         env_file("analysis")
     params:
@@ -64,6 +66,8 @@ rule layer_statistics:
         ),
     log:
         "results/logs/layer_statistics/{model}/{layer}/{basis}.log",
+    benchmark:
+        "results/benchmarks/layer_statistics/{model}/{layer}/{basis}.tsv"
     conda:
         env_file("analysis")
     params:
@@ -95,6 +99,8 @@ rule compare:
         ),
     log:
         "results/logs/compare.log",
+    benchmark:
+        "results/benchmarks/compare.tsv"
     conda:
         env_file("analysis")
     params:
@@ -123,6 +129,8 @@ rule cumulative_ablation:
         ),
     log:
         "results/logs/cumulative_ablation/{model}/{layer}.log",
+    benchmark:
+        "results/benchmarks/cumulative_ablation/{model}/{layer}.tsv"
     conda:
         env_file("torch")
     threads: config["cumulative"]["threads"]
@@ -151,6 +159,8 @@ rule summary:
         ),
     log:
         "results/logs/summary.log",
+    benchmark:
+        "results/benchmarks/summary.tsv"
     conda:
         env_file("analysis")
     script:

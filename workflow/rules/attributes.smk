@@ -17,6 +17,8 @@ rule unit_attributes:
         matrices="results/{model}/{layer}/{basis}/attributes.h5",
     log:
         "results/logs/unit_attributes/{model}/{layer}/{basis}.log",
+    benchmark:
+        "results/benchmarks/unit_attributes/{model}/{layer}/{basis}.tsv"
     conda:
         env_file("torch")
     params:

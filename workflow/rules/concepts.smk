@@ -17,6 +17,8 @@ rule concept_iou:
         matrix="results/{model}/{layer}/{basis}/concepts.h5",
     log:
         "results/logs/concept_iou/{model}/{layer}/{basis}.log",
+    benchmark:
+        "results/benchmarks/concept_iou/{model}/{layer}/{basis}.tsv"
     conda:
         env_file("torch")
     threads: config["concepts"]["threads"]

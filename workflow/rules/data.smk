@@ -8,6 +8,8 @@ rule generate_world:
         broden=directory(f"{WORLD_DIR}/broden"),
     log:
         "results/logs/generate_world.log",
+    benchmark:
+        "results/benchmarks/generate_world.tsv"
     conda:
         env_file("world")
     threads: 1

@@ -17,6 +17,8 @@ rule download_file:
         "resources/downloads/{item}/{filename}",
     log:
         "results/logs/download_file/{item}/{filename}.log",
+    benchmark:
+        "results/benchmarks/download_file/{item}/{filename}.tsv"
     wildcard_constraints:
         item=download_names("file"),
         filename=r"[^/]+",
@@ -33,6 +35,8 @@ rule download_archive:
         directory("resources/downloads/{item}"),
     log:
         "results/logs/download_archive/{item}.log",
+    benchmark:
+        "results/benchmarks/download_archive/{item}.tsv"
     wildcard_constraints:
         item=download_names("archive"),
     conda:
@@ -51,6 +55,8 @@ rule prepare_places365_val:
         directory("resources/prepared/places365_val"),
     log:
         "results/logs/prepare_places365_val.log",
+    benchmark:
+        "results/benchmarks/prepare_places365_val.tsv"
     conda:
         env_file("analysis")
     params:
@@ -67,6 +73,8 @@ rule prepare_imagenet_val:
         directory("resources/prepared/imagenet_val"),
     log:
         "results/logs/prepare_imagenet_val.log",
+    benchmark:
+        "results/benchmarks/prepare_imagenet_val.tsv"
     conda:
         env_file("analysis")
     params:
@@ -82,6 +90,8 @@ rule convert_checkpoint:
         "resources/prepared/weights/{item}.pt",
     log:
         "results/logs/convert_checkpoint/{item}.log",
+    benchmark:
+        "results/benchmarks/convert_checkpoint/{item}.tsv"
     wildcard_constraints:
         item=download_names("file", convertible=True),
     conda:

@@ -18,6 +18,8 @@ rule figure_layer:
         pdf="results/figures/{model}/{layer}/{figure}.pdf",
     log:
         "results/logs/figure_{figure}/{model}/{layer}.log",
+    benchmark:
+        "results/benchmarks/figure_{figure}/{model}/{layer}.tsv"
     wildcard_constraints:
         figure=figure_names("layer"),
     conda:
@@ -43,6 +45,8 @@ rule figure_model:
         pdf="results/figures/{model}/{figure}.pdf",
     log:
         "results/logs/figure_{figure}/{model}.log",
+    benchmark:
+        "results/benchmarks/figure_{figure}/{model}.tsv"
     wildcard_constraints:
         figure=figure_names("model"),
     conda:
@@ -67,6 +71,8 @@ rule figure_study:
         pdf="results/figures/comparison/{figure}.pdf",
     log:
         "results/logs/figure_{figure}/comparison.log",
+    benchmark:
+        "results/benchmarks/figure_{figure}/comparison.tsv"
     wildcard_constraints:
         figure=figure_names("study"),
     conda:

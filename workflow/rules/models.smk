@@ -9,6 +9,8 @@ rule train_model:
         history="results/{model}/training.csv",
     log:
         "results/logs/train_model/{model}.log",
+    benchmark:
+        "results/benchmarks/train_model/{model}.tsv"
     conda:
         env_file("torch")
     threads: config["training"]["threads"]
