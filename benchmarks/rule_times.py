@@ -1,0 +1,95 @@
+"""Per-rule time table of one pipeline run, from its benchmark files, for the docs.
+
+Reads results/benchmarks/ of a finished run (unitablation.rule_times), prints the per-rule
+table and writes it with what it was measured on (commit, CPU, load average now and, when
+given, at the run's start, the run's wall time and command) to benchmarks/measured/rule_times.json.
+`docs_tables(report)` gives the docs' block `rule_times` from that JSON.
+
+    python benchmarks/rule_times.py RESULTS [--json PATH] [--wall-s S] [--load-at-start L]
+        [--command "snakemake --cores 2"]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+from reporting import ROOT, cpu_model, git_state, load_average, write_report
+
+DEFAULT_JSON = ROOT / "benchmarks" / "measured" / "rule_times.json"
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's per-rule totals with their provenance."""
+    from unitablation import rule_times
+
+    rows = rule_times.totals(rule_times.read_run(args.results))
+    print(rule_times.format_table(rows))
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "git": git_state(),
+        "cpu": cpu_model(),
+        "python": platform.python_version(),
+        "load_average_at_report": load_average(),
+        "load_average_at_start": args.load_at_start,
+        "command": args.command,
+        "run_wall_s": args.wall_s,
+        **rule_times.report(rows),
+    }
+
+
+def _seconds(value: float | None) -> str:
+    """Seconds as `m min s s` (or NA)."""
+    if value is None:
+        return "NA"
+    minutes, seconds = divmod(round(value), 60)
+    return f"{minutes} min {seconds} s"
+
+
+def docs_tables(report: dict[str, Any]) -> dict[str, str]:
+    """The docs' block `rule_times`: one provenance line and the per-rule table."""
+    from unitablation.rule_times import RuleTotals, format_table
+
+    rows = [RuleTotals(**row) for row in report["rules"]]
+    jobs = sum(row.jobs for row in rows)
+    load = report.get("load_average_at_start") or report["load_average_at_report"]
+    commit = str(report["git"]["commit"])[:7] + (" (dirty)" if report["git"]["dirty"] else "")
+    line = (
+        f"`{report['command'] or 'snakemake'}` at {commit}, {report['date'][:10]}: {jobs} jobs, "
+        f"run wall time {_seconds(report.get('run_wall_s'))}, on {report['cpu']} "
+        f"(load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f})."
+    )
+    return {"rule_times": f"{line}\n\n{format_table(rows)}\n"}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command line: the results folder, the JSON path and what the caller knows of the run."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", type=Path, help="the run's results folder")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write")
+    parser.add_argument("--wall-s", type=float, help="the run's wall time, as the caller timed it")
+    parser.add_argument(
+        "--load-at-start", type=float, nargs=3, help="os.getloadavg() when the run started"
+    )
+    parser.add_argument("--command", help="the command that made the run")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure and write the report; exit 1 naming the file on bad benchmark files."""
+    args = parse_args(argv)
+    try:
+        report = measure(args)
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    write_report(args.json, report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
