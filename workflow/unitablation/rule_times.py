@@ -1,6 +1,7 @@
 """Per-rule totals of a run's benchmark files: where a run's time went, rule by rule.
 
-Every rule writes Snakemake's benchmark TSV at results/benchmarks/<rule>/<wildcards>.tsv (one
+Every rule writes Snakemake's benchmark TSV at results/benchmarks/<rule>/<wildcards>.tsv, or
+results/benchmarks/<rule>.tsv for a rule with one job, mirroring the logs (one
 header line, then one row per run of the job: wall seconds `s`, `max_rss` in MB, `cpu_time` in
 seconds, ...; `NA` where Snakemake sampled nothing). This module reads them (no Snakemake) and
 sums them by rule: jobs, total, mean and max wall seconds, total CPU seconds and the largest RSS.
@@ -93,16 +94,16 @@ def read_benchmark(path: Path, rule: str) -> list[JobTime]:
 
 
 def read_run(results: Path) -> list[JobTime]:
-    """Every benchmark row under results/benchmarks/, the rule being the first folder below it."""
+    """Every benchmark row under results/benchmarks/: the rule is the first folder below it, or
+    the file's stem for a file right in it."""
     root = results / BENCHMARK_DIR
     if not root.is_dir():
         raise ValueError(f"{results}: no {BENCHMARK_DIR}/ folder (no benchmark files written)")
     times = []
     for path in sorted(root.rglob("*.tsv")):
         relative = path.relative_to(root)
-        if len(relative.parts) < 2:
-            raise ValueError(f"{path}: a benchmark file must lie in its rule's folder")
-        times.extend(read_benchmark(path, relative.parts[0]))
+        rule = relative.parts[0] if len(relative.parts) > 1 else relative.stem
+        times.extend(read_benchmark(path, rule))
     if not times:
         raise ValueError(f"{root}: no benchmark files (*.tsv)")
     return times
