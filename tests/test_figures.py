@@ -811,6 +811,77 @@ def test_caption_names_the_job_and_specs_are_checked() -> None:
         reg.FigureSpec(name="bad", scope="run", inputs={})  # type: ignore[arg-type]
 
 
+# One job per scope's wildcards draws all of that scope's figures (workflow/rules/figures.smk).
+
+
+def test_group_inputs_are_each_figures_own_under_its_name() -> None:
+    wildcards = {"model": "plain", "layer": "l4"}
+    group = reg.group_inputs("layer", wildcards, study())
+    own = {spec.name: reg.job_inputs(spec, wildcards, study()) for spec in reg.figures("layer")}
+    assert len(group) == sum(len(inputs) for inputs in own.values())
+    for name, inputs in own.items():
+        assert reg.figure_inputs(name, group) == inputs
+    assert group["drops__units"] == [
+        "results/plain/l4/unit/units.csv",
+        "results/plain/l4/rot7/units.csv",
+    ]
+    assert reg.figure_inputs("variants", reg.group_inputs("study", {}, study())) == (
+        reg.job_inputs(reg.figure("variants"), {}, study())
+    )
+
+
+def test_group_settings_are_the_union_and_each_figure_gets_its_own() -> None:
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    for scope in ("layer", "model", "study"):
+        union = reg.group_settings(scope, config)
+        keys = [key for spec in reg.figures(scope) for key in spec.config_keys]
+        assert list(union) == sorted(set(keys)), scope
+        for spec in reg.figures(scope):
+            assert reg.figure_settings(spec.name, union) == reg.job_settings(spec, config)
+    assert "figures.example_units" in reg.group_settings("layer", config)
+    assert "figures.example_units" not in reg.figure_settings(
+        "drops", reg.group_settings("layer", config)
+    )
+
+
+def test_group_captions_fill_each_figures_wildcards() -> None:
+    wildcards = {"model": "plain", "layer": "features.relu5"}
+    captions = reg.group_captions("layer", wildcards)
+    assert list(captions) == [spec.name for spec in reg.figures("layer")]
+    assert captions["drops"] == reg.caption(reg.figure("drops"), wildcards)
+    assert "layer **features.relu5** of model **plain**" in captions["drops"]
+
+
+def test_every_figure_has_its_report_caption_template() -> None:
+    """The report shows each figure's caption through workflow/report/figures/<name>.rst."""
+    folder = ROOT / "workflow" / "report" / "figures"
+    assert sorted(path.stem for path in folder.glob("*.rst")) == sorted(
+        spec.name for spec in reg.figures()
+    )
+    for spec in reg.figures():
+        text = (folder / f"{spec.name}.rst").read_text()
+        assert text == '{{ snakemake.params.captions["' + spec.name + '"] }}\n', spec.name
+
+
+def test_group_job_draws_each_figure_with_its_own_inputs_settings_and_log(
+    tmp_path: Path,
+) -> None:
+    paths = [
+        write_csv(units_table("features.relu5", basis, seed), tmp_path / basis / "units.csv")
+        for seed, basis in enumerate(("unit", "rot1"))
+    ]
+    inputs = {"drops__units": paths, "attributes__units": str(tmp_path / "absent.csv")}
+    settings = {"figures.dpi": DPI, "figures.example_units": 3}
+    outputs = {"drops_png": str(tmp_path / "fig" / "drops.png")}
+    logs = {"drops": str(tmp_path / "logs" / "drops.log")}
+    wildcards = {"model": "plain", "layer": "features.relu5"}
+    figure_script().draw_group(["drops"], inputs, settings, wildcards, outputs, logs)
+    assert (tmp_path / "fig" / "drops.png").stat().st_size > 0
+    assert (tmp_path / "fig" / "drops.pdf").read_bytes().startswith(b"%PDF")
+    log = (tmp_path / "logs" / "drops.log").read_text()
+    assert "figure drops (layer scope), settings {'figures.dpi': 50}" in log
+
+
 def test_figures_and_masks_import_without_torch() -> None:
     """The analysis env has no torch: every figure module and the mask module import without."""
     code = (

@@ -24,7 +24,8 @@ from unitablation.figures import registry as figure_registry
 pytestmark = pytest.mark.workflow
 
 Job = tuple[str, str]
-#: Registered figures of each scope: one rule per scope draws them.
+#: Registered figures of each scope: one job of its rule draws all of them (first output: the
+#: first figure's PNG).
 PER_LAYER_FIGURES = tuple(spec.name for spec in figure_registry.figures("layer"))
 PER_MODEL_FIGURES = tuple(spec.name for spec in figure_registry.figures("model"))
 STUDY_FIGURES = tuple(spec.name for spec in figure_registry.figures("study"))
@@ -49,22 +50,19 @@ def all_jobs(config: dict[str, Any], units: int = 8) -> set[Job]:
         ("summary", "results/summary.md"),
         ("all", ""),
     }
-    jobs |= {(STUDY_RULE, f"results/figures/comparison/{name}.png") for name in STUDY_FIGURES}
+    jobs.add((STUDY_RULE, f"results/figures/comparison/{STUDY_FIGURES[0]}.png"))
     for model in VARIANTS:
         jobs |= {
             ("train_model", f"results/{model}/model.pt"),
             ("extract_outputs", f"results/{model}/activations/eval.h5"),
             ("baseline_accuracy", f"results/{model}/baseline.csv"),
         }
-        jobs |= {(MODEL_RULE, f"results/figures/{model}/{kind}.png") for kind in PER_MODEL_FIGURES}
+        jobs.add((MODEL_RULE, f"results/figures/{model}/{PER_MODEL_FIGURES[0]}.png"))
         for layer in layers:
             for split in ("eval", "concept"):
                 jobs.add(("extract_activations", f"results/{model}/activations/{split}/{layer}.h5"))
             jobs.add(("cumulative_ablation", f"results/{model}/{layer}/unit/cumulative.csv"))
-            jobs |= {
-                (LAYER_RULE, f"results/figures/{model}/{layer}/{kind}.png")
-                for kind in PER_LAYER_FIGURES
-            }
+            jobs.add((LAYER_RULE, f"results/figures/{model}/{layer}/{PER_LAYER_FIGURES[0]}.png"))
             for basis in bases:
                 folder = f"results/{model}/{layer}/{basis}"
                 jobs |= {(rule, f"{folder}/{table}") for rule, table in PER_BASIS.items()}
@@ -83,9 +81,14 @@ def select_paths(jobs: Iterable[Job], *rules: str) -> set[str]:
 
 
 def figure_jobs(jobs: Iterable[Job], *names: str) -> set[Job]:
-    """The jobs drawing some registered figures (any scope's rule)."""
-    rules = (LAYER_RULE, MODEL_RULE, STUDY_RULE)
-    return select(jobs, *rules, where=lambda path: Path(path).stem in names)
+    """The jobs drawing some registered figures: every job of each scope that has one of them
+    (a scope's job draws all of its figures)."""
+    scopes = {
+        LAYER_RULE: PER_LAYER_FIGURES,
+        MODEL_RULE: PER_MODEL_FIGURES,
+        STUDY_RULE: STUDY_FIGURES,
+    }
+    return select(jobs, *(rule for rule, drawn in scopes.items() if set(drawn) & set(names)))
 
 
 def plan(tiny_run: Path, tmp_path: Path, changes: dict[str, Any]) -> tuple[set[Job], set[str]]:
@@ -171,7 +174,9 @@ def test_concept_memory_keys_rerun_nothing(tiny_run: Path, tmp_path: Path) -> No
     assert jobs == set() and changed == set()
 
 
-def test_figure_setting_reruns_only_that_figure(tiny_run: Path, tmp_path: Path) -> None:
+def test_figure_setting_reruns_only_that_figures_jobs(tiny_run: Path, tmp_path: Path) -> None:
+    """figures.example_units is read by the per-layer examples figure: the per-layer figure
+    jobs rerun (they draw it), no per-model or study figure."""
     jobs, changed = plan(tiny_run, tmp_path, {"figures.example_units": 2})
     full = all_jobs(tiny_config())
     assert jobs == figure_jobs(full, "examples") | select(full, "all")

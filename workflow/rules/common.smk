@@ -484,31 +484,86 @@ def figure_study():
     )
 
 
-def figure_names(scope):
-    """Wildcard pattern of the registered figure names of one scope (never matching when the
-    scope has none, so that its rule then never applies)."""
-    names = [re.escape(spec.name) for spec in figure_registry.figures(scope)]
-    return "|".join(names) or "(?!)"
+#: Report placement of each scope's figures (the caption is the figure's own, see below).
+FIGURE_REPORT = {
+    "layer": lambda name: dict(
+        category="Figures",
+        subcategory="{model}",
+        labels={"figure": name, "layer": "{layer}"},
+    ),
+    "model": lambda name: dict(
+        category="Figures",
+        subcategory="{model}",
+        labels={"figure": name, "layer": "all layers"},
+    ),
+    "study": lambda name: dict(
+        category="Comparison", labels={"result": f"{name} figure"}
+    ),
+}
 
 
-def figure_inputs(wildcards):
-    """A figure job's named inputs, from its registry entry."""
-    spec = figure_registry.figure(wildcards.figure)
-    return figure_registry.job_inputs(spec, dict(wildcards.items()), figure_study())
+def figure_caption_file(name):
+    """A figure's report caption template (workflow/report/figures/<name>.rst, relative to the
+    rule files): it shows the caption the job's params carry for that figure."""
+    return f"../report/figures/{name}.rst"
 
 
-def figure_settings(wildcards):
-    """The config keys a figure reads (its entry's config_keys), by dotted key."""
-    return canonical(
-        figure_registry.job_settings(figure_registry.figure(wildcards.figure), config)
-    )
+def figure_group_outputs(scope):
+    """Named outputs of a scope's figure job: every figure's PNG (in the report, with its own
+    caption) and PDF, at the paths of figure_registry.SCOPE_STEMS."""
+    outputs = {}
+    for spec in figure_registry.figures(scope):
+        stem = figure_registry.SCOPE_STEMS[scope].replace("{figure}", spec.name)
+        outputs[figure_registry.output_key(spec.name, "png")] = report(
+            f"{stem}.png",
+            caption=figure_caption_file(spec.name),
+            **FIGURE_REPORT[scope](spec.name),
+        )
+        outputs[figure_registry.output_key(spec.name, "pdf")] = f"{stem}.pdf"
+    return outputs
 
 
-def figure_caption(wildcards):
-    """A figure's report caption (its entry's), shown by workflow/report/figure.rst."""
-    return figure_registry.caption(
-        figure_registry.figure(wildcards.figure), dict(wildcards.items())
-    )
+def figure_group_logs(scope):
+    """One log per figure of a scope's figure job, by figure name."""
+    where = {
+        "layer": "{model}/{layer}",
+        "model": "{model}",
+        "study": "comparison",
+    }[scope]
+    return {
+        spec.name: f"results/logs/figure_{spec.name}/{where}.log"
+        for spec in figure_registry.figures(scope)
+    }
+
+
+def figure_group_names(scope):
+    """The figures a scope's job draws, in order (params: a new figure reruns the group)."""
+    return [spec.name for spec in figure_registry.figures(scope)]
+
+
+def figure_group_inputs(scope):
+    """Input function of a scope's figure job: every figure's inputs, by figure."""
+
+    def inputs(wildcards):
+        return figure_registry.group_inputs(
+            scope, dict(wildcards.items()), figure_study()
+        )
+
+    return inputs
+
+
+def figure_group_settings(scope):
+    """The config keys a scope's figures read, the union of their entries' config_keys."""
+    return canonical(figure_registry.group_settings(scope, config))
+
+
+def figure_group_captions(scope):
+    """Params function: each figure's report caption with the job's {model} and {layer}."""
+
+    def captions(wildcards):
+        return figure_registry.group_captions(scope, dict(wildcards.items()))
+
+    return captions
 
 
 # --- Real data and models: download items and key maps (rules in download.smk) ---------------

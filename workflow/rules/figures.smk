@@ -1,84 +1,62 @@
 # Figures: the paper's plots, each as PNG (for the report) and PDF (for papers). Every module of
-# workflow/unitablation/figures/ that declares a SPEC is one figure; one rule per scope draws
-# them (a per-layer figure for each studied layer, a per-model one for each model, a study one
-# once), with the inputs, config keys and caption of the figure's entry.
+# workflow/unitablation/figures/ that declares a SPEC is one figure; one rule per scope draws all
+# of that scope's figures in one job (one per studied (model, layer), one per model, one for the
+# study: a job is mostly the Python start), each figure with its own outputs, log and report
+# caption, the inputs of its entry and the union of its figures' config keys as params.
 
 
 rule figure_layer:
     input:
-        unpack(figure_inputs),
+        unpack(figure_group_inputs("layer")),
     output:
-        png=report(
-            "results/figures/{model}/{layer}/{figure}.png",
-            caption="../report/figure.rst",
-            category="Figures",
-            subcategory="{model}",
-            labels={"figure": "{figure}", "layer": "{layer}"},
-        ),
-        pdf="results/figures/{model}/{layer}/{figure}.pdf",
+        **figure_group_outputs("layer"),
     log:
-        "results/logs/figure_{figure}/{model}/{layer}.log",
+        **figure_group_logs("layer"),
     benchmark:
-        "results/benchmarks/figure_{figure}/{model}/{layer}.tsv"
-    wildcard_constraints:
-        figure=figure_names("layer"),
+        "results/benchmarks/figure_layer/{model}/{layer}.tsv"
     conda:
         env_file("analysis")
     params:
-        settings=figure_settings,
-        caption=figure_caption,
+        figures=figure_group_names("layer"),
+        settings=figure_group_settings("layer"),
+        captions=figure_group_captions("layer"),
     script:
         script_file("figure.py")
 
 
 rule figure_model:
     input:
-        unpack(figure_inputs),
+        unpack(figure_group_inputs("model")),
     output:
-        png=report(
-            "results/figures/{model}/{figure}.png",
-            caption="../report/figure.rst",
-            category="Figures",
-            subcategory="{model}",
-            labels={"figure": "{figure}", "layer": "all layers"},
-        ),
-        pdf="results/figures/{model}/{figure}.pdf",
+        **figure_group_outputs("model"),
     log:
-        "results/logs/figure_{figure}/{model}.log",
+        **figure_group_logs("model"),
     benchmark:
-        "results/benchmarks/figure_{figure}/{model}.tsv"
-    wildcard_constraints:
-        figure=figure_names("model"),
+        "results/benchmarks/figure_model/{model}.tsv"
     conda:
         env_file("analysis")
     params:
-        settings=figure_settings,
-        caption=figure_caption,
+        figures=figure_group_names("model"),
+        settings=figure_group_settings("model"),
+        captions=figure_group_captions("model"),
     script:
         script_file("figure.py")
 
 
 rule figure_study:
     input:
-        unpack(figure_inputs),
+        unpack(figure_group_inputs("study")),
     output:
-        png=report(
-            "results/figures/comparison/{figure}.png",
-            caption="../report/figure.rst",
-            category="Comparison",
-            labels={"result": "{figure} figure"},
-        ),
-        pdf="results/figures/comparison/{figure}.pdf",
+        **figure_group_outputs("study"),
     log:
-        "results/logs/figure_{figure}/comparison.log",
+        **figure_group_logs("study"),
     benchmark:
-        "results/benchmarks/figure_{figure}/comparison.tsv"
-    wildcard_constraints:
-        figure=figure_names("study"),
+        "results/benchmarks/figure_study/comparison.tsv"
     conda:
         env_file("analysis")
     params:
-        settings=figure_settings,
-        caption=figure_caption,
+        figures=figure_group_names("study"),
+        settings=figure_group_settings("study"),
+        captions=figure_group_captions("study"),
     script:
         script_file("figure.py")

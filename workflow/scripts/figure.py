@@ -1,4 +1,4 @@
-"""Rule adapter of every figure: draw one registered figure and write its PNG and PDF."""
+"""Rule adapter of every figure: draw a scope's registered figures, each to its PNG and PDF."""
 
 import logging
 from collections.abc import Mapping
@@ -7,7 +7,15 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from unitablation.figures.registry import DPI_KEY, FigureJob, figure, render
+from unitablation.figures.registry import (
+    DPI_KEY,
+    FigureJob,
+    figure,
+    figure_inputs,
+    figure_settings,
+    output_key,
+    render,
+)
 from unitablation.figures.style import save_figure
 from unitablation.logs import logged_to
 
@@ -34,12 +42,33 @@ def job_inputs(named: Any) -> dict[str, Any]:
     return {name: value if isinstance(value, str) else list(value) for name, value in named.items()}
 
 
+def draw_group(
+    names: list[str],
+    inputs: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    wildcards: Mapping[str, str],
+    outputs: Mapping[str, str],
+    logs: Mapping[str, str],
+) -> None:
+    """Draw each figure of a group job in turn, from its own inputs and settings, logging to
+    its own log."""
+    for name in names:
+        with logged_to(logs[name]):
+            main(
+                name,
+                figure_inputs(name, inputs),
+                figure_settings(name, settings),
+                wildcards,
+                outputs[output_key(name, "png")],
+            )
+
+
 if "snakemake" in globals():
-    with logged_to(snakemake.log[0]):
-        main(
-            snakemake.wildcards.figure,
-            job_inputs(snakemake.input),
-            snakemake.params.settings,
-            {k: v for k, v in snakemake.wildcards.items() if k != "figure"},
-            snakemake.output.png,
-        )
+    draw_group(
+        list(snakemake.params.figures),
+        job_inputs(snakemake.input),
+        snakemake.params.settings,
+        dict(snakemake.wildcards.items()),
+        dict(snakemake.output.items()),
+        dict(snakemake.log.items()),
+    )

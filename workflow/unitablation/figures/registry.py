@@ -265,3 +265,49 @@ def render(job: FigureJob) -> Figure:
 def rule_name(scope: str) -> str:
     """The Snakemake rule that draws a scope's figures."""
     return f"figure_{scope}"
+
+
+# One job per scope's wildcards draws all figures of that scope (a figure job is mostly the
+# Python start): its named inputs, outputs and logs carry each figure's name, its params the
+# union of its figures' config keys, so that a figure group reruns when one of its figures would.
+
+#: Separates a figure's name from its own input name in a group job's input names.
+INPUT_SEPARATOR = "__"
+
+
+def output_key(name: str, suffix: str) -> str:
+    """A group job's output name of one figure's PNG or PDF."""
+    return f"{name}_{suffix}"
+
+
+def group_inputs(scope: str, wildcards: Mapping[str, str], study: Study) -> dict[str, Any]:
+    """A group job's named inputs: each figure's own (job_inputs), prefixed with its name."""
+    return {
+        f"{spec.name}{INPUT_SEPARATOR}{key}": value
+        for spec in figures(scope)
+        for key, value in job_inputs(spec, wildcards, study).items()
+    }
+
+
+def figure_inputs(name: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """One figure's inputs out of its group job's, under their own names again."""
+    prefix = f"{name}{INPUT_SEPARATOR}"
+    return {key[len(prefix) :]: value for key, value in inputs.items() if key.startswith(prefix)}
+
+
+def group_settings(scope: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The values of every config key a scope's figures read (the union), by dotted key."""
+    settings: dict[str, Any] = {}
+    for spec in figures(scope):
+        settings.update(job_settings(spec, config))
+    return dict(sorted(settings.items()))
+
+
+def figure_settings(name: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """One figure's settings (its config_keys, no more) out of its group's."""
+    return {key: settings[key] for key in figure(name).config_keys}
+
+
+def group_captions(scope: str, wildcards: Mapping[str, str]) -> dict[str, str]:
+    """Each figure's report caption of a group job, by figure name."""
+    return {spec.name: caption(spec, wildcards) for spec in figures(scope)}
