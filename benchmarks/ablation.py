@@ -780,7 +780,7 @@ def figure(value: float) -> str:
     return f"{value:#.3g}".rstrip(".")
 
 
-def provenance(report: dict) -> str:
+def provenance(report: dict) -> list[str]:
     """Lines saying when, at which commit, on what and under which load a report was measured."""
     info, git, args = report["hardware"], report["git"], report["args"]
     dirty = report["measured_code_dirty"]
@@ -791,21 +791,25 @@ def provenance(report: dict) -> str:
     )
     before = ", ".join(f"{x:.2f}" for x in report["load_average_before"])
     after = ", ".join(f"{x:.2f}" for x in report["load_average_after"])
-    return "\n".join(
-        [
-            f"Measured {info['date']} at commit `{git['commit'][:12]}` ({code}), on "
-            f"{info['cpu']}, {info['logical_cores']} logical / {info['physical_cores']} physical "
-            f"cores, {info['memory_gb']} GB; {info['threads']} torch threads; python "
-            f"{info['python']}, torch {info['torch']}, torchvision {info['torchvision']}, "
-            f"timm {info['timm']}.",
-            f"Load average (1, 5, 15 min) {before} before the run and {after} after it "
-            f"({report['total_s']:.0f} s); engine and naive ran interleaved, so both sides "
-            "share the load.",
-            f"N = {args['images']} random 224 x 224 images, random weights, naive on "
-            f"{args['naive_units']} evenly spaced units, {args['repeats']} repeats of each side, "
-            f"`units_per_call` {args['units_per_call']}, batch {args['batch_size']}.",
-        ]
+    busy = (
+        " (more runnable processes than cores: absolute pairs/s are below an idle machine's)"
+        if max(report["load_average_before"][0], report["load_average_after"][0])
+        > info["logical_cores"]
+        else ""
     )
+    subset = args["naive_units"]
+    return [
+        f"- Measured {info['date']} at commit `{git['commit'][:12]}` ({code}).",
+        f"- Machine: {info['cpu']}, {info['logical_cores']} logical / {info['physical_cores']} "
+        f"physical cores, {info['memory_gb']} GB; {info['threads']} torch threads; python "
+        f"{info['python']}, torch {info['torch']}, torchvision {info['torchvision']}, "
+        f"timm {info['timm']}.",
+        f"- Load average (1, 5, 15 min): {before} before the run, {after} after it "
+        f"({report['total_s']:.0f} s){busy}.",
+        f"- N = {args['images']} random 224 x 224 images, random weights; naive on {subset} "
+        f"evenly spaced unit{'' if subset == 1 else 's'}; {args['repeats']} repeats of each "
+        f"side; `units_per_call` {args['units_per_call']}, batch {args['batch_size']}.",
+    ]
 
 
 def docs_tables(report: dict) -> dict[str, str]:
@@ -854,7 +858,7 @@ def docs_tables(report: dict) -> dict[str, str]:
             + ", ".join(f"{row['model']} {row['engine_disagreements']}" for row in rows)
             + " pairs"
         )
-        + f" ({', '.join(str(row['pairs_checked']) for row in rows)} pairs); its logits differ "
+        + f" ({'/'.join(str(row['pairs_checked']) for row in rows)} pairs); its logits differ "
         f"from the naive path by at most "
         f"{max(row['engine_max_abs_logit_diff'] for row in rows):.1e}, while ablating a unit "
         f"moves them by up to {max(row['ablation_max_abs_logit_change'] for row in rows):.2g}. "
@@ -869,7 +873,8 @@ def docs_tables(report: dict) -> dict[str, str]:
         "its median `run` seconds; naive: FLOPs of its forwards over their median seconds. "
         "The closed form of a linear head does almost no arithmetic, so its GFLOP/s is low "
         "by design.",
-        f"- Engine GFLOP/s of the suffix work ({', '.join(report['engine_gflops_models'])}): "
+        "- Engine GFLOP/s of the suffix work "
+        f"({', '.join(TITLES.get(name, name) for name in report['engine_gflops_models'])}): "
         f"{figure(report['engine_gflops'])}, against {figure(report['matmul_gflops'])} for a "
         f"{report['args']['matmul_size']}^2 fp32 matmul on the same threads.",
     ]
@@ -884,7 +889,7 @@ def docs_tables(report: dict) -> dict[str, str]:
         )
     argv = " ".join(report["argv"])
     notes.append(f"- Command: `.venv/bin/python benchmarks/ablation.py {argv}`.")
-    speed = "\n".join([provenance(report), "", *lines, "", *notes])
+    speed = "\n".join([*provenance(report), "", *lines, "", *notes])
     ratios = ", ".join(
         f"{TITLES.get(row['model'], row['model'])} {row['layer_name']} "
         f"x {figure(row['speedup_vs_naive_median'])}"
