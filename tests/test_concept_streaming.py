@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
-from unitablation.broden import read_broden
+from unitablation.broden import Broden, read_broden
 from unitablation.concepts import (
     StoreMaps,
     _StreamingQuantile,
@@ -131,3 +134,88 @@ def test_store_maps_rows_span_windows(tmp_path: Path) -> None:
         np.testing.assert_array_equal(read(slice(2, 3)), maps[:, 2:3])
         with pytest.raises(ValueError, match="rows_per_read must be > 0"):
             store_reader(store, "conv", rows_per_read=0)
+
+
+def full_loop_iou(maps: np.ndarray, broden: Broden, quantile: float) -> np.ndarray:
+    """IoU ("netdissect" counting) by hand per image and unit, every map upsampled (no skip)."""
+    numbers = sorted(n for n, c in broden.category_of_label.items() if c in broden.categories)
+    thresholds = [
+        np.quantile(maps[:, u].astype(np.float64), 1 - quantile) for u in range(len(maps[0]))
+    ]
+    both = np.zeros((maps.shape[1], len(numbers)), np.int64)
+    fired = np.zeros((maps.shape[1], len(broden.categories)), np.int64)
+    truth = np.zeros(len(numbers), np.int64)
+    for i, record in enumerate(broden.records):
+        layers = np.concatenate(
+            [s for c, s in broden.load_labels(i).items() if c in broden.categories]
+        )
+        truth += [(layers == n).sum() for n in numbers]
+        present = {
+            broden.categories.index(broden.category_of_label[n])
+            for n in numbers
+            if (layers == n).any()
+        }
+        for u in range(maps.shape[1]):
+            up = F.interpolate(
+                torch.from_numpy(maps[i, u])[None, None],
+                size=(record.sh, record.sw),
+                mode="bilinear",
+                align_corners=False,
+            )[0, 0].numpy()
+            mask = up > thresholds[u]
+            both[u] += [(mask & (layers == n)).sum() for n in numbers]
+            fired[u, sorted(present)] += mask.sum()
+    columns = [broden.categories.index(broden.category_of_label[n]) for n in numbers]
+    return both / (fired[:, columns] + truth[None, :] - both + 1e-10)
+
+
+def test_skipped_pairs_change_nothing(tmp_path: Path) -> None:
+    concept_set(tmp_path / "broden", 23)
+    broden = read_broden(tmp_path / "broden")
+    rng = np.random.default_rng(5)
+    maps = np.round(np.maximum(rng.standard_normal((23, 5, 4, 4)), 0) * 2).astype(np.float32)
+    maps[:, 3] = 0.0  # dead unit: T = 0, every map is skipped
+    maps[::2, 4] = 0.25  # flat maps: on these images the max is below T of unit 4
+    quantile = 0.1
+    thresholds = np.quantile(
+        maps.transpose(1, 0, 2, 3).reshape(5, -1).astype(np.float64), 1 - quantile, axis=1
+    )
+    peak = maps.max(axis=(2, 3))
+    skipped = peak <= thresholds[None, :]
+    assert skipped[:, :3].any() and (~skipped[:, :3]).any()  # both kinds on live units
+    assert (peak == thresholds[None, :]).any()  # a map whose max equals T: skipped, empty mask
+    expected = full_loop_iou(maps, broden, quantile)
+    for image_batch in (1, 4, 100):
+        result = concept_iou(
+            lambda units: maps[:, units],
+            5,
+            broden,
+            quantile=quantile,
+            unit_block=2,
+            image_batch=image_batch,
+        )
+        assert np.array_equal(result.iou, expected), image_batch
+    assert result.intersection[:3].any()
+
+
+def test_labels_are_decoded_one_bounded_batch_at_a_time(tmp_path: Path) -> None:
+    concept_set(tmp_path / "broden", 13)
+    broden = read_broden(tmp_path / "broden")
+    labels = concept_labels(broden)
+    assert {f.name for f in fields(labels)} == {"broden", "index"}  # nothing per image kept
+    batches = list(labels.batches(image_batch=4))
+    assert [len(b.images) for b in batches] == [4, 4, 4, 1]
+    assert all(b.layers.shape[0] == len(b.images) for b in batches)
+    carried = labels.carried()
+    for i in range(13):
+        layers = np.concatenate(list(broden.load_labels(i).values()))
+        expected = [bool((layers == n).any()) for n in labels.index.numbers]
+        assert carried[i].tolist() == expected
+    truth = [
+        sum(
+            int((np.concatenate(list(broden.load_labels(i).values())) == n).sum())
+            for i in range(13)
+        )
+        for n in labels.index.numbers
+    ]
+    assert labels.ground_truth("netdissect").tolist() == truth

@@ -28,20 +28,21 @@ Rules (docs/definitions.md, concept alignment):
 
 Columns run over the labels of label.csv whose primary category is listed in category.csv, in
 ascending label number (`ConceptResult.label_numbers`). Maps are read one block of units at a
-time, in two streaming passes over the images: the first keeps, per unit, only the activations
-the exact quantile can need (its top `quantile` fraction, or the bottom side when that is
-smaller) and each image's spatial max; the second counts in image batches. From a store
-(`store_reader`) no pass holds more than `rows_per_read` images of maps, so memory does not grow
-with the concept set beyond O(N x units) per-image maxima, the kept top activations and the
-labels, decoded once into compact per-image "combination maps" (each pixel's index into the
-image's distinct combinations of label occurrence counts, uint8/uint16), so that counting is one
-index_add of the batch's masks per combination and one small matrix product per batch. One
-decoding serves every counting rule.
+time in two streaming passes over the images. Pass 1 keeps, per unit, only the activations the
+exact quantile can need (its top `quantile` fraction, or the bottom side when that is smaller)
+and each image's spatial max. Pass 2 goes over windows of images: it decodes the window's labels
+(each pixel's layers as result columns, image batch by image batch, nothing per pixel kept after
+the window) and counts every unit block on them. An (image, unit) pair whose map max cannot
+reach T_u even after rounding has an empty mask and adds nothing (NetDissect-Lite's shortcut), so
+it is not upsampled; the other pairs are upsampled together, thresholded, and their mask pixels'
+labels counted with one bincount. From a store (`store_reader`) no pass holds more than
+`rows_per_read` images of maps or labels, so memory grows with the concept set only by the
+O(N x units) per-image maxima and the kept top activations.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import h5py
@@ -130,18 +131,6 @@ class ConceptResult:
 
 
 @dataclass(frozen=True)
-class _ImageLabels:
-    """One image's labels, compact: combination map, combinations and present categories."""
-
-    combo_map: np.ndarray  # (sh * sw,) uint8/uint16/int32 index into combos
-    combos: np.ndarray  # (n_combos, n_labels) uint16, occurrences of each label per combination
-    combo_pixels: np.ndarray  # (n_combos,) int64, pixels of each combination
-    columns: np.ndarray  # (n_labels,) int64 result columns of the labels, ascending
-    present: np.ndarray  # (n_categories,) bool, an occurrence of a label of the category
-    size: tuple[int, int]  # (sh, sw)
-
-
-@dataclass(frozen=True)
 class _LabelIndex:
     """The result columns: label numbers, names, categories and a number -> column lookup."""
 
@@ -176,11 +165,36 @@ def _label_index(broden: Broden) -> _LabelIndex:
     )
 
 
-def _occurrences(broden: Broden, i: int, index: _LabelIndex) -> dict[int, np.ndarray]:
-    """Per result column, image i's (sh * sw,) uint16 count of layers holding the label."""
+@dataclass(frozen=True)
+class _LabelBatch:
+    """One image batch's labels, decoded from the label files: each pixel's layers of labels."""
+
+    images: range
+    size: tuple[int, int]  # (sh, sw) shared by the batch's images
+    layers: np.ndarray  # (B, n_layers, sh * sw) int32 result column + 1 per layer (0: none)
+    present: np.ndarray  # (B, n_categories) bool, an occurrence of a label of the category
+    held: np.ndarray  # (B, n_cols) bool, an occurrence of the label column
+
+    def counted(self, counting: str) -> np.ndarray:
+        """The layers as a counting rule counts them: "union" keeps a label once per pixel."""
+        if counting != "union":
+            return self.layers
+        layers = self.layers.copy()
+        for k in range(1, layers.shape[1]):
+            repeated = (layers[:, :k] == layers[:, k : k + 1]).any(axis=1)
+            layers[:, k][repeated] = 0
+        return layers
+
+    def ground_truth(self, counting: str, n_cols: int) -> np.ndarray:
+        """(n_cols,) int64 G_c of the batch: counted occurrences over all pixels."""
+        return np.bincount(self.counted(counting).ravel(), minlength=n_cols + 1)[1:]
+
+
+def _image_numbers(broden: Broden, i: int, index: _LabelIndex) -> np.ndarray:
+    """(n_layers, sh * sw) int32 label numbers of every layer of image i's listed categories."""
     record = broden.records[i]
     size = (record.sh, record.sw)
-    counts: dict[int, np.ndarray] = {}
+    stacks = []
     for category, stack in broden.load_labels(i).items():
         if category not in index.category_names:
             continue
@@ -189,151 +203,94 @@ def _occurrences(broden: Broden, i: int, index: _LabelIndex) -> dict[int, np.nda
                 f"{broden.root}: image {record.image}: {category} labels have size "
                 f"{stack.shape[1:]}, index.csv says {size}"
             )
-        flat = stack.reshape(stack.shape[0], -1)
-        values = np.unique(flat)
-        values = values[(values > 0) & (values < len(index.column_of))]
-        for number in values[index.column_of[values] >= 0]:
-            column = int(index.column_of[number])
-            hit = (flat == number).sum(axis=0, dtype=np.uint16)  # layers holding it, per pixel
-            counts[column] = counts[column] + hit if column in counts else hit
-    return counts
+        stacks.append(stack.reshape(stack.shape[0], -1))
+    if not stacks:
+        return np.zeros((0, size[0] * size[1]), dtype=np.int32)
+    return np.concatenate(stacks) if len(stacks) > 1 else stacks[0]
 
 
-def _image_labels(broden: Broden, i: int, index: _LabelIndex) -> _ImageLabels:
-    """Decode image i's label occurrences into a combination map (any category's layers)."""
-    record = broden.records[i]
-    size = (record.sh, record.sw)
-    pixels = size[0] * size[1]
-    counts = _occurrences(broden, i, index)
-    present = np.zeros(len(index.category_names), dtype=bool)
-    if not counts:
-        return _ImageLabels(
-            np.zeros(pixels, np.uint8),
-            np.zeros((1, 0), np.uint16),
-            np.array([pixels], np.int64),
-            np.zeros(0, np.int64),
-            present,
-            size,
-        )
-    columns = np.array(sorted(counts), dtype=np.int64)
-    present[index.category_index_of[index.numbers[columns]]] = True
-    matrix = np.stack([counts[int(c)] for c in columns], axis=1)  # (pixels, n_labels) uint16
-    bits = max(1, int(matrix.max()).bit_length())
-    if matrix.shape[1] * bits < 63:  # one int64 key per pixel: a fast 1-D unique
-        weights = np.int64(1) << (bits * np.arange(matrix.shape[1], dtype=np.int64))
-        packed = matrix.astype(np.int64) @ weights
-        keys, first, inverse = np.unique(packed, return_index=True, return_inverse=True)
-    else:
-        keys, first, inverse = np.unique(matrix, axis=0, return_index=True, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    dtype = np.uint8 if len(keys) <= 256 else np.uint16 if len(keys) <= 65536 else np.int32
-    return _ImageLabels(
-        inverse.astype(dtype),
-        matrix[first],
-        np.bincount(inverse, minlength=len(keys)).astype(np.int64),
-        columns,
-        present,
-        size,
+def _decode(broden: Broden, index: _LabelIndex, images: range) -> _LabelBatch:
+    """Decode the labels of a run of images of one segmentation size into one batch."""
+    record = broden.records[images.start]
+    per_image = [_image_numbers(broden, i, index) for i in images]
+    numbers = np.zeros(
+        (len(per_image), max(len(p) for p in per_image), record.sh * record.sw), dtype=np.int32
     )
+    for row, item in enumerate(per_image):
+        numbers[row, : len(item)] = item
+    lookup = np.append(index.column_of + 1, 0).astype(np.int32)  # beyond label.csv: 0
+    layers = lookup[np.minimum(numbers, len(lookup) - 1)]
+    n_cols = len(index.numbers)
+    offsets = np.arange(len(per_image), dtype=np.int64)[:, None, None] * (n_cols + 1)
+    held = np.bincount((layers + offsets).ravel(), minlength=len(per_image) * (n_cols + 1))
+    held = held.reshape(len(per_image), n_cols + 1)[:, 1:] > 0  # (B, n_cols)
+    membership = np.zeros((n_cols, len(index.category_names)), dtype=bool)
+    membership[np.arange(n_cols), index.category_index_of[index.numbers]] = True
+    present = (held.astype(np.int64) @ membership) > 0
+    return _LabelBatch(images, (record.sh, record.sw), layers, present, held)
 
 
-def _counted(combos: np.ndarray, counting: str) -> np.ndarray:
-    """Occurrence counts as a counting rule counts them: "union" counts a label once per pixel."""
-    return (combos > 0).astype(np.int64) if counting == "union" else combos.astype(np.int64)
-
-
-@dataclass(frozen=True)
-class ConceptLabels:
-    """A Broden set's labels decoded once (compact per-image maps), reusable across layers."""
-
-    root: str
-    index: _LabelIndex
-    images: list[_ImageLabels]
-
-    def __len__(self) -> int:
-        """Number of concept images."""
-        return len(self.images)
-
-    def ground_truth(self, counting: str = "netdissect") -> np.ndarray:
-        """(L,) int64 G_c under a counting rule: occurrences over all pixels of all images."""
-        check_counting(counting)
-        result = np.zeros(len(self.index.numbers), dtype=np.int64)
-        for item in self.images:
-            if len(item.columns):
-                result[item.columns] += item.combo_pixels @ _counted(item.combos, counting)
-        return result
-
-
-def concept_labels(broden: Broden) -> ConceptLabels:
-    """Decode every image's label occurrences (one decoding serves every counting rule)."""
-    index = _label_index(broden)
-    images = [_image_labels(broden, i, index) for i in range(len(broden.records))]
-    return ConceptLabels(str(broden.root), index, images)
-
-
-def _batches(labels: list[_ImageLabels], image_batch: int) -> list[range]:
+def _batches(broden: Broden, start: int, stop: int, image_batch: int) -> list[range]:
     """Consecutive image ranges of at most image_batch images sharing one segmentation size."""
+    sizes = [(r.sh, r.sw) for r in broden.records[start:stop]]
     result: list[range] = []
-    start = 0
-    for i in range(1, len(labels) + 1):
-        if i == len(labels) or i - start == image_batch or labels[i].size != labels[start].size:
-            result.append(range(start, i))
-            start = i
+    first = 0
+    for i in range(1, len(sizes) + 1):
+        if i == len(sizes) or i - first == image_batch or sizes[i] != sizes[first]:
+            result.append(range(start + first, start + i))
+            first = i
     return result
 
 
 @dataclass(frozen=True)
-class _Batch:
-    """Label structures of one image batch: per-pixel global combination ids and indicators."""
+class ConceptLabels:
+    """A Broden set's result columns; its labels are decoded one image batch at a time.
 
-    images: range
-    size: tuple[int, int]
-    combo_labels: torch.Tensor  # (n_combos, n_cols) float64, counted occurrences per combination
-    combo_categories: torch.Tensor  # (n_combos, n_categories) int64 1 where a label of it occurs
-    columns: np.ndarray  # (n_cols,) result columns
-    present: torch.Tensor  # (B, n_categories) int64, category present in the image
-    offsets: np.ndarray  # (B,) first global combination id of each image
-
-
-def _batch(labels: ConceptLabels, images: range, counting: str) -> _Batch:
-    """Stack the compact labels of a batch of images into one indexing problem."""
-    items = [labels.images[i] for i in images]
-    columns = np.unique(np.concatenate([item.columns for item in items]))
-    offsets = np.concatenate([[0], np.cumsum([len(item.combos) for item in items])])
-    combo_labels = np.zeros((offsets[-1], len(columns)), dtype=np.float64)
-    for item, offset in zip(items, offsets, strict=False):
-        local = np.searchsorted(columns, item.columns)
-        combo_labels[offset : offset + len(item.combos), local] = _counted(item.combos, counting)
-    index = labels.index
-    membership = np.zeros((len(columns), len(index.category_names)), dtype=np.int64)
-    membership[np.arange(len(columns)), index.category_index_of[index.numbers[columns]]] = 1
-    return _Batch(
-        images=images,
-        size=items[0].size,
-        combo_labels=torch.from_numpy(combo_labels),
-        combo_categories=torch.from_numpy(((combo_labels > 0) @ membership > 0).astype(np.int64)),
-        columns=columns,
-        present=torch.from_numpy(np.stack([item.present for item in items]).astype(np.int64)),
-        offsets=offsets,
-    )
-
-
-def _touched(batch: _Batch, pair: torch.Tensor, combo: torch.Tensor, n_pairs: int) -> torch.Tensor:
-    """(n_pairs, n_categories) int64 1 where a pair's mask covers a label of the category.
-
-    `pair` and `combo` give, for every mask pixel, its (image, unit) pair and its combination.
+    Nothing per pixel is kept: `batches` reads and decodes the label files each time it runs,
+    so memory stays that of one batch whatever the size of the concept set.
     """
-    n_combos = len(batch.combo_labels)
-    keys = torch.unique(pair * n_combos + combo)
-    touched = torch.zeros(n_pairs, batch.combo_categories.shape[1], dtype=torch.int64)
-    touched.index_add_(0, keys // n_combos, batch.combo_categories[keys % n_combos])
-    return (touched > 0).to(torch.int64)
+
+    broden: Broden
+    index: _LabelIndex
+
+    @property
+    def root(self) -> str:
+        """The Broden directory."""
+        return str(self.broden.root)
+
+    def __len__(self) -> int:
+        """Number of concept images."""
+        return len(self.broden.records)
+
+    def batches(
+        self, image_batch: int = 64, start: int = 0, stop: int | None = None
+    ) -> Iterator[_LabelBatch]:
+        """Decoded labels of images start .. stop, at most image_batch images (one size) each."""
+        stop = len(self) if stop is None else stop
+        for images in _batches(self.broden, start, stop, image_batch):
+            yield _decode(self.broden, self.index, images)
+
+    def ground_truth(self, counting: str = "netdissect") -> np.ndarray:
+        """(L,) int64 G_c under a counting rule: occurrences over all pixels of all images."""
+        check_counting(counting)
+        n_cols = len(self.index.numbers)
+        result = np.zeros(n_cols, dtype=np.int64)
+        for batch in self.batches():
+            result += batch.ground_truth(counting, n_cols)
+        return result
+
+    def carried(self) -> np.ndarray:
+        """(N, L) bool: image i holds an occurrence of label column c (any pixel or image-level)."""
+        n_cols = len(self.index.numbers)
+        result = np.zeros((len(self), n_cols), dtype=bool)
+        for batch in self.batches():
+            result[batch.images.start : batch.images.stop] = batch.held
+        return result
 
 
-def _combo_ids(labels: list[_ImageLabels], batch: _Batch) -> torch.Tensor:
-    """(B, sh * sw) int64 global combination id of every pixel of the batch's images."""
-    maps = np.stack([labels[i].combo_map for i in batch.images]).astype(np.int64)
-    return torch.from_numpy(maps + batch.offsets[:-1, None])
+def concept_labels(broden: Broden) -> ConceptLabels:
+    """The result columns of a Broden set, its labels read later one batch at a time."""
+    return ConceptLabels(broden, _label_index(broden))
 
 
 def float32_below(thresholds: np.ndarray) -> np.ndarray:
@@ -604,9 +561,7 @@ def concept_classes(
     its pixels (or the image, for image-level labels) has it. Ties go to the lower class index;
     no usable class gives "".
     """
-    present = np.zeros((len(labels), len(labels.index.numbers)), dtype=bool)
-    for row, item in enumerate(labels.images):
-        present[row, item.columns] = True
+    present = labels.carried()
     name_to_column = {name: k for k, name in enumerate(labels.index.names)}
     for k, (name, category) in enumerate(
         zip(labels.index.names, labels.index.categories, strict=True)
@@ -672,6 +627,58 @@ def _block_source(
 #: Relative margin of the exact skip: bilinear outputs are convex combinations of the map, so
 #: they exceed its max by at most a few float32 rounding steps (~1e-7 relative).
 _SKIP_MARGIN = 1e-6
+#: (image, unit) pairs upsampled at once: small enough for their upsampled maps to stay in cache.
+_PAIR_CHUNK = 1024
+
+
+@dataclass
+class _Tally:
+    """One unit block's running counts: I per (unit, column + 1) and A per (unit, category)."""
+
+    both: torch.Tensor  # (b, n_cols + 1) int64, column 0 collects unlabelled layers
+    fired: torch.Tensor  # (b, n_categories) int64
+
+
+def _count_batch(
+    tally: _Tally,
+    maps: torch.Tensor,
+    image: torch.Tensor,
+    unit: torch.Tensor,
+    cut: torch.Tensor,
+    layers: torch.Tensor,
+    present: torch.Tensor,
+    category_of: torch.Tensor | None,
+    size: tuple[int, int],
+) -> None:
+    """Add the masks of the (image, unit) pairs of one batch to the tally, a chunk at a time.
+
+    `maps` (B, b, h, w) float32, `layers` (B * sh * sw, n_layers) int64 counted column + 1 per
+    pixel, `present` (B, n_categories) int64; `category_of` (n_cols + 1,) maps a column + 1 to
+    its category (-1 for 0) under "lite", None otherwise.
+    """
+    pixels = size[0] * size[1]
+    b, n_labels = tally.both.shape
+    for start in range(0, len(image), _PAIR_CHUNK):
+        image_c, unit_c = image[start : start + _PAIR_CHUNK], unit[start : start + _PAIR_CHUNK]
+        up = upsample(maps[image_c, unit_c][:, None], size).reshape(len(image_c), pixels)
+        pair, pixel = (up > cut[unit_c][:, None]).nonzero(as_tuple=True)
+        if not len(pair):
+            continue
+        values = layers[image_c[pair] * pixels + pixel]  # (mask pixels, n_layers)
+        if category_of is None:
+            hit = present[image_c]
+        else:  # "lite": the categories whose labels the mask covers
+            categories = category_of[values]
+            n_cats = tally.fired.shape[1]
+            keys = (pair[:, None] * n_cats + categories)[categories >= 0].unique()
+            hit = torch.zeros(len(image_c) * n_cats, dtype=torch.int64)
+            hit[keys] = 1
+            hit = hit.view(len(image_c), n_cats)
+        tally.fired.index_add_(
+            0, unit_c, hit * torch.bincount(pair, minlength=len(image_c))[:, None]
+        )
+        keys = unit_c[pair][:, None] * n_labels + values
+        tally.both += torch.bincount(keys.view(-1), minlength=b * n_labels).view(b, n_labels)
 
 
 @torch.no_grad()
@@ -689,14 +696,14 @@ def concept_iou(
     """Network Dissection IoU of every unit with every label of the concept set.
 
     `read_maps(units)` returns float32 maps (N, len(units), h, w) of all concept images in Broden
-    record order; a `StoreMaps` (from `store_reader`) is instead streamed, one window of images
-    at a time, twice per unit block (thresholds and maxima, then counts), so memory does not grow
-    with N beyond per-image arrays. `broden` may be labels already decoded by concept_labels (to
-    share them between layers); `progress(units_done, n_units)` is called after each unit block;
-    `counting` is one of COUNTING (module docstring). Thresholds keep only each unit's top
-    activations (`_StreamingQuantile`). (image, unit) pairs whose map max cannot reach T_u even
-    after rounding are not upsampled (their mask is empty); the others are upsampled together,
-    thresholded, and their mask pixels counted per label combination with one bincount per batch.
+    record order (each unit block is read once and kept); a `StoreMaps` (from `store_reader`) is
+    instead streamed, one window of images at a time. Pass 1, per unit block: thresholds (only
+    each unit's top activations are kept, `_StreamingQuantile`) and each image's spatial max.
+    Pass 2, per window of images: the window's labels are decoded (image batch by image batch),
+    then for every unit block the (image, unit) pairs whose map max can reach T_u (after
+    rounding) are upsampled, thresholded and their mask pixels' labels counted with one bincount;
+    the others have empty masks and add nothing. `progress(units_done, n_units)` is called after
+    each unit block of pass 1 and `counting` is one of COUNTING (module docstring).
     """
     _check_quantile(quantile)
     check_counting(counting)
@@ -707,64 +714,75 @@ def concept_iou(
     if not n_images:
         raise ValueError(f"the Broden set {labels.root} has no images")
     n_cols, n_cats = len(index.numbers), len(index.category_names)
-    batches = _batches(labels.images, image_batch)  # label structures built per batch below
 
-    intersection = np.zeros((n_units, n_cols), dtype=np.int64)
-    activation = np.zeros((n_units, n_cats), dtype=np.int64)
     thresholds = np.zeros(n_units, dtype=np.float64)
+    peak = np.zeros((n_images, n_units), dtype=np.float32)  # exact: the maps are float32
     k = min(top_k, n_images)
     top_images = np.zeros((n_units, k), dtype=np.int64)
     top_scores = np.zeros((n_units, k), dtype=np.float64)
-    for units in _unit_slices(n_units, unit_block):
+    blocks = _unit_slices(n_units, unit_block)
+    sources = []
+    for units in blocks:  # pass 1: thresholds and each image's spatial max, window by window
         b = units.stop - units.start
         source = _block_source(read_maps, units, n_images, labels.root)
-        # Pass 1: thresholds and each image's spatial max, window by window.
         streaming = _StreamingQuantile(b, n_images * source.spatial, 1.0 - quantile)
-        peak = np.zeros((n_images, b), dtype=np.float64)
         for start in range(0, n_images, source.window):
             maps = source.rows(units, start, min(n_images, start + source.window))
             streaming.add(np.ascontiguousarray(maps.transpose(1, 0, 2, 3).reshape(b, -1)))
-            peak[start : start + len(maps)] = maps.reshape(len(maps), b, -1).max(axis=2)
+            peak[start : start + len(maps), units] = maps.reshape(len(maps), b, -1).max(axis=2)
         thresholds[units] = streaming.result()
-        top_images[units], top_scores[units] = _top_images(peak, k)
-        cut = torch.from_numpy(float32_below(thresholds[units]))
-        reach = peak + np.abs(peak) * _SKIP_MARGIN > thresholds[None, units]
-        # Pass 2: masks and counts, image batch by image batch.
-        both = torch.zeros(n_cols, b, dtype=torch.float64)
-        fired = torch.zeros(b, n_cats, dtype=torch.int64)
-        for images in batches:
-            image, unit = np.nonzero(reach[images.start : images.stop])
-            if not len(image):
-                continue
-            batch = _batch(labels, images, counting)
-            block = torch.from_numpy(
-                np.ascontiguousarray(source.rows(units, images.start, images.stop))
-            )
-            image_t, unit_t = torch.from_numpy(image), torch.from_numpy(unit)
-            up = upsample(block[image_t, unit_t][:, None], batch.size)
-            mask = up.reshape(len(image), -1) > cut[unit_t][:, None]
-            pair, pixel = mask.nonzero(as_tuple=True)
-            if not len(pair):
-                continue
-            if not len(batch.columns):  # no labels: no category present, nothing to count
-                continue
-            counts = torch.bincount(pair, minlength=len(image))
-            combo = _combo_ids(labels.images, batch)[image_t[pair], pixel]
-            if counting == "lite":
-                hit = _touched(batch, pair, combo, len(image))
-            else:
-                hit = batch.present[image_t]
-            fired.index_add_(0, unit_t, hit * counts[:, None])
-            per_combo = torch.bincount(
-                combo * b + unit_t[pair], minlength=len(batch.combo_labels) * b
-            )
-            both[batch.columns] += batch.combo_labels.T @ per_combo.view(-1, b).to(torch.float64)
-        intersection[units] = both.T.round().to(torch.int64).numpy()
-        activation[units] = fired.numpy()
+        top_images[units], top_scores[units] = _top_images(peak[:, units].astype(np.float64), k)
+        sources.append(source)
         if progress is not None:
             progress(units.stop, n_units)
+    reach = peak + np.abs(peak) * _SKIP_MARGIN > thresholds[None, :]
+    cut = torch.from_numpy(float32_below(thresholds))
 
-    ground_truth = labels.ground_truth(counting)
+    ground_truth = np.zeros(n_cols, dtype=np.int64)
+    tallies = [
+        _Tally(
+            torch.zeros(s.stop - s.start, n_cols + 1, dtype=torch.int64),
+            torch.zeros(s.stop - s.start, n_cats, dtype=torch.int64),
+        )
+        for s in blocks
+    ]
+    category_of = torch.from_numpy(np.concatenate([[-1], index.category_index_of[index.numbers]]))
+    window = sources[0].window if sources else n_images
+    for first in range(0, n_images, window):  # pass 2: labels decoded once per window
+        decoded = []
+        for batch in labels.batches(image_batch, first, min(n_images, first + window)):
+            counted = batch.counted(counting)
+            ground_truth += np.bincount(counted.ravel(), minlength=n_cols + 1)[1:]
+            if not counted.any():  # no labels: no category present, nothing to count
+                continue
+            flat = np.ascontiguousarray(counted.transpose(0, 2, 1)).reshape(-1, counted.shape[1])
+            decoded.append((batch, torch.from_numpy(flat.astype(np.int64))))
+        for units, source, tally in zip(blocks, sources, tallies, strict=True):
+            for batch, layers in decoded:
+                images = batch.images
+                image, unit = np.nonzero(reach[images.start : images.stop, units])
+                if not len(image):
+                    continue
+                maps = torch.from_numpy(
+                    np.ascontiguousarray(source.rows(units, images.start, images.stop))
+                )
+                _count_batch(
+                    tally,
+                    maps,
+                    torch.from_numpy(image),
+                    torch.from_numpy(unit),
+                    cut[units],
+                    layers,
+                    torch.from_numpy(batch.present.astype(np.int64)),
+                    category_of if counting == "lite" else None,
+                    batch.size,
+                )
+
+    intersection = np.zeros((n_units, n_cols), dtype=np.int64)
+    activation = np.zeros((n_units, n_cats), dtype=np.int64)
+    for units, tally in zip(blocks, tallies, strict=True):
+        intersection[units] = tally.both[:, 1:].numpy()
+        activation[units] = tally.fired.numpy()
     area = activation[:, index.category_index_of[index.numbers]] + ground_truth[None, :]
     iou = intersection / (area - intersection + EPSILON)
     return ConceptResult(
