@@ -503,8 +503,8 @@ FIGURE_REPORT = {
 
 
 def figure_caption_file(name):
-    """A figure's report caption template (workflow/report/figures/<name>.rst, relative to the
-    rule files): it shows the caption the job's params carry for that figure."""
+    """A figure's report caption template, workflow/report/figures/<name>.rst (the path is
+    relative to the .smk files): the caption its job's params carry for that figure."""
     return f"../report/figures/{name}.rst"
 
 
