@@ -96,6 +96,8 @@ def main(
             attrs,
             paths=paths,
             maps_dtype=activations["maps_dtype"],
+            # The schema always sets it; a caller outside the pipeline may omit it (raw maps).
+            compression=activations.get("compression", "none"),
             progress=lambda batches: tqdm(batches, **progress_options(f"{model_name} {split}")),
             prefix_tokens=model_entry.get("prefix_tokens"),
         )

@@ -20,6 +20,24 @@ from .store import STORE_FORMAT, atomic_path
 #: Target bytes per HDF5 chunk of a maps dataset (chunks hold whole images).
 CHUNK_BYTES = 1 << 20
 
+#: HDF5 filters of the stored maps by `activations.compression` (h5py decompresses on read).
+#: gzip runs at level 1 and neither behind the byte shuffle: on ReLU maps a higher level or the
+#: shuffle costs write time for no smaller store (benchmarks/compression.py, docs/scale.md).
+COMPRESSION_FILTERS: dict[str, dict[str, Any]] = {
+    "none": {},
+    "lzf": {"compression": "lzf"},
+    "gzip": {"compression": "gzip", "compression_opts": 1},
+}
+
+
+def compression_filters(compression: str) -> dict[str, Any]:
+    """h5py create_dataset keywords of one compression name; a ValueError naming the choices."""
+    if compression not in COMPRESSION_FILTERS:
+        raise ValueError(
+            f"compression must be one of {', '.join(COMPRESSION_FILTERS)}, got {compression!r}"
+        )
+    return COMPRESSION_FILTERS[compression]
+
 
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that shape the numbers, stored as provenance."""
@@ -97,14 +115,18 @@ def extract_activations(
     maps_dtype: str = "float32",
     progress: Callable[[Any], Any] | None = None,
     prefix_tokens: int | None = None,
+    compression: str = "none",
 ) -> dict[str, Layout]:
     """Run `model` once over `loader` and write labels, logits and per-layer maps/mean/max.
 
     Each layer's layout comes from its first output (prefix tokens: `prefix_tokens`, else what
     the model states, else inferred from the token count); mean and max run over the map's
-    positions (a token layer's patch tokens). The file appears at `out_path` only when complete
-    (written under a temporary name). Returns the layouts.
+    positions (a token layer's patch tokens). Maps and prefix tokens are stored with the HDF5
+    filters of `compression` (COMPRESSION_FILTERS; lossless: the values read back are the same).
+    The file appears at `out_path` only when complete (written under a temporary name). Returns
+    the layouts.
     """
+    filters = compression_filters(compression)
     total = len(loader.dataset)
     if total == 0:
         raise ValueError("image set is empty")
@@ -130,7 +152,7 @@ def extract_activations(
                         layer: infer_layout(recorder.outputs[layer], layer, prefix_tokens)
                         for layer in layers
                     }
-                    _create_datasets(store, layouts, logits, total, store_maps, maps_dtype)
+                    _create_datasets(store, layouts, logits, total, store_maps, maps_dtype, filters)
                 store["labels"][offset : offset + count] = labels.numpy()
                 store["logits"][offset : offset + count] = logits.numpy()
                 rows = slice(offset, offset + count)
@@ -168,6 +190,7 @@ def _create_datasets(
     total: int,
     store_maps: bool,
     maps_dtype: str,
+    filters: Mapping[str, Any],
 ) -> None:
     store.create_dataset("labels", shape=(total,), dtype="int64")
     store.create_dataset(
@@ -190,19 +213,26 @@ def _create_datasets(
                 chunks=(_chunk_rows(4 * channels, total), channels),
             )
         if store_maps:
-            _create_rows(group, "maps", layout.map_shape(), total, maps_dtype)
+            _create_rows(group, "maps", layout.map_shape(), total, maps_dtype, filters)
             if layout.prefix:
-                _create_rows(group, "prefix", (layout.prefix, channels), total, maps_dtype)
+                shape = (layout.prefix, channels)
+                _create_rows(group, "prefix", shape, total, maps_dtype, filters)
 
 
 def _create_rows(
-    group: h5py.Group, name: str, shape: tuple[int, ...], total: int, dtype: str
+    group: h5py.Group,
+    name: str,
+    shape: tuple[int, ...],
+    total: int,
+    dtype: str,
+    filters: Mapping[str, Any],
 ) -> None:
-    """A (total, *shape) dataset chunked by whole images."""
+    """A (total, *shape) dataset chunked by whole images, with the HDF5 `filters`."""
     per_image = np.dtype(dtype).itemsize * int(np.prod(shape))
     group.create_dataset(
         name,
         shape=(total, *shape),
         dtype=dtype,
         chunks=(_chunk_rows(per_image, total), *shape),
+        **filters,
     )
