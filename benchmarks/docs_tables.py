@@ -17,7 +17,9 @@ The modules are imported with benchmarks/ on sys.path (as when they run as scrip
 name `docs_tables_<name>`, so they must import cheaply: standard library (and reporting) at
 module level, torch and the rest inside the functions that measure. Standard library only here.
 
-    python benchmarks/docs_tables.py [--check]
+    python benchmarks/docs_tables.py [--check] [DOCUMENT ...]
+
+Given documents (paths relative to the repository), only those are read and written.
 """
 
 from __future__ import annotations
@@ -208,12 +210,13 @@ def stale_blocks(old: str, new: str, where: str) -> list[str]:
     return messages
 
 
-def generate(root: Path = ROOT, check: bool = False) -> list[str]:
-    """Regenerate (or with `check`, only compare) every block of every document under `root`;
-    the problems found, each naming its file and block (empty when all is well)."""
+def generate(root: Path = ROOT, check: bool = False, only: list[Path] | None = None) -> list[str]:
+    """Regenerate (or with `check`, only compare) every block of every document under `root`
+    (or of the documents `only`); the problems found, each naming its file and block (empty
+    when all is well)."""
     tables = cached(root)
     problems: list[str] = []
-    for path in documents(root):
+    for path in documents(root) if only is None else [root / name for name in only]:
         where = str(path.relative_to(root))
         old = path.read_text()
         try:
@@ -239,9 +242,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--check", action="store_true", help="change nothing; exit 1 if a block is stale"
     )
+    parser.add_argument(
+        "documents", nargs="*", type=Path, help="only these (default: README.md and docs/*.md)"
+    )
     parser.add_argument("--root", type=Path, default=ROOT, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    problems = generate(args.root.resolve(), check=args.check)
+    missing = [str(path) for path in args.documents if not (args.root / path).is_file()]
+    if missing:
+        parser.error(f"no such document: {', '.join(missing)}")
+    problems = generate(args.root.resolve(), check=args.check, only=args.documents or None)
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems and args.check:
