@@ -15,7 +15,6 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from .attribute_registry import class_attributes, numeric_attributes
 from .degenerate import constant_flags, dead_flags
@@ -155,6 +154,8 @@ def correlation_table(
     where they are defined. Each row's bootstrap uses its own generator,
     ``default_rng([seed, crc32(attribute), crc32(target)])``.
     """
+    from scipy import stats  # here, not at the top: unit_table and compare need no scipy
+
     missing = [target for target in targets if target not in units.columns]
     if missing:
         raise ValueError(f"units lack target column(s) {missing}")
