@@ -14,6 +14,7 @@ from unitablation.attributes import (
     class_means,
     find_producer,
     incoming_l1,
+    outgoing_attributes,
     outgoing_l1,
     selectivity,
     softmax,
@@ -104,6 +105,28 @@ def test_outgoing_l1_reads_the_next_parametrised_op() -> None:
     conv4 = model.features.conv4.weight.detach().double()
     expected = [float(conv4[:, u].abs().sum()) for u in range(6)]
     np.testing.assert_allclose(outgoing_l1(model, "features.relu3", 6), expected, rtol=1e-9)
+
+
+def test_outgoing_attributes_trace_the_suffix_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both outgoing attributes from one split of the model (the unit_attributes job's costly
+    step), equal to the direct sums over fc7 and their argmax."""
+    import unitablation.attributes as attributes
+
+    torch.manual_seed(2)
+    model = build_model(ModelSpec(TINY_ARCH, 3, widths=(4, 4, 6, 6, 5), hidden=8, image_size=32))
+    splits: list[str] = []
+    split = attributes.split_suffix
+
+    def counted(module: torch.nn.Module, layer: str) -> object:
+        splits.append(layer)
+        return split(module, layer)
+
+    monkeypatch.setattr(attributes, "split_suffix", counted)
+    l1, best = outgoing_attributes(model, "classifier.relu6", 8)
+    assert splits == ["classifier.relu6"]
+    fc7 = model.classifier.fc7.weight.detach().double()  # relu6 -> fc7 -> logits
+    np.testing.assert_allclose(l1, fc7.abs().sum(0).numpy(), rtol=1e-12)
+    np.testing.assert_array_equal(best, fc7.argmax(0).numpy())
 
 
 def test_torchvision_producers_and_undefined_cases() -> None:

@@ -14,8 +14,7 @@ from unitablation.attributes import (
     find_producer,
     incoming_l1,
     is_rectified,
-    outgoing_class,
-    outgoing_l1,
+    outgoing_attributes,
     rotated_summaries,
 )
 from unitablation.logs import logged_to
@@ -71,8 +70,7 @@ def main(
         if producer.op is None:
             LOG.warning(f"l1_in undefined for {layer}: {producer.reason}")
         l1_in, l1_in_bn = incoming_l1(producer, channels, rotation)
-        l1_out = outgoing_l1(model, layer, channels, rotation)
-        out_class = outgoing_class(model, layer, channels, rotation)
+        l1_out, out_class = outgoing_attributes(model, layer, channels, rotation)
         rectified = rotation is None and is_rectified(model, layer)
         rows = (
             stored_rows(store, layer) if rotation is None else rotated_rows(store, layer, rotation)

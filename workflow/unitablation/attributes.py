@@ -44,6 +44,7 @@ __all__ = [
     "find_producer",
     "incoming_l1",
     "is_rectified",
+    "outgoing_attributes",
     "outgoing_class",
     "outgoing_l1",
     "rotated_summaries",
@@ -230,30 +231,35 @@ def _rotated_inputs(weight: torch.Tensor, rotation: np.ndarray | None) -> torch.
 
 
 @torch.no_grad()
+def outgoing_attributes(
+    model: nn.Module, layer: str, channels: int, rotation: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """`outgoing_l1` and `outgoing_class` from one fx trace of the model after `layer` (the
+    trace costs more than both attributes)."""
+    try:
+        weight, linear_head = _consumer_weight(model, layer, channels)
+    except LookupError:
+        return np.full(channels, np.nan), np.full(channels, -1)
+    rotated = _rotated_inputs(weight, rotation)
+    l1 = rotated.abs().sum((0, 2)).numpy()
+    if not linear_head or weight.shape[2] != 1:
+        return l1, np.full(channels, -1)
+    return l1, rotated[:, :, 0].argmax(0).numpy()
+
+
 def outgoing_l1(
     model: nn.Module, layer: str, channels: int, rotation: np.ndarray | None = None
 ) -> np.ndarray:
     """Sum of |weights| of the next parametrised op that reads each channel (NaN if not unique)."""
-    try:
-        weight, _ = _consumer_weight(model, layer, channels)
-    except LookupError:
-        return np.full(channels, np.nan)
-    return _rotated_inputs(weight, rotation).abs().sum((0, 2)).numpy()
+    return outgoing_attributes(model, layer, channels, rotation)[0]
 
 
-@torch.no_grad()
 def outgoing_class(
     model: nn.Module, layer: str, channels: int, rotation: np.ndarray | None = None
 ) -> np.ndarray:
     """Class whose logit a unit's outgoing weight raises most, where the head after the layer is
     linear (one op, then the logits); -1 elsewhere."""
-    try:
-        weight, linear_head = _consumer_weight(model, layer, channels)
-    except LookupError:
-        return np.full(channels, -1)
-    if not linear_head or weight.shape[2] != 1:
-        return np.full(channels, -1)
-    return _rotated_inputs(weight, rotation)[:, :, 0].argmax(0).numpy()
+    return outgoing_attributes(model, layer, channels, rotation)[1]
 
 
 def _class_names(indices: np.ndarray, classes: Sequence[str]) -> list[str]:
