@@ -21,8 +21,8 @@ from .store import STORE_FORMAT, atomic_path
 CHUNK_BYTES = 1 << 20
 
 #: HDF5 filters of the stored maps by `activations.compression` (h5py decompresses on read).
-#: gzip runs at level 1 and neither behind the byte shuffle: on ReLU maps a higher level or the
-#: shuffle costs write time for no smaller store (benchmarks/compression.py, docs/scale.md).
+#: gzip runs at level 1 and neither behind the byte shuffle: on ReLU maps a higher level saves a
+#: few percent for more write time, the shuffle makes stores larger (benchmarks/compression.py).
 COMPRESSION_FILTERS: dict[str, dict[str, Any]] = {
     "none": {},
     "lzf": {"compression": "lzf"},
