@@ -78,7 +78,7 @@ def test_command_line_prints_table_and_writes_json(results: Path, tmp_path: Path
     assert lines[0].startswith("| rule | jobs | total wall s |")
     assert "| ablate_shard | 3 | 21.0 | 7.0 | 10.5 | 12.5 | 500.5 |" in lines
     assert "| summary | 1 | 1.5 | 1.5 | 1.5 | NA | NA |" in lines
-    assert lines[-1] == "| all | 5 | 25.5 | NA | 10.5 | 14.5 | 500.5 |"
+    assert lines[-1] == "| (all rules) | 5 | 25.5 | NA | 10.5 | 14.5 | 500.5 |"
     data = json.loads(out.read_text())
     assert [row["rule"] for row in data["rules"]] == ["ablate_shard", "compare", "summary"]
     assert data["rules"][0]["total_cpu_s"] == pytest.approx(12.5)

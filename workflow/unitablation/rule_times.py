@@ -162,7 +162,7 @@ def _cell(value: object) -> str:
 
 
 def format_table(rows: Sequence[RuleTotals]) -> str:
-    """The totals as a markdown table, with an `all` line summing jobs, wall and CPU seconds."""
+    """The totals as a markdown table, with an `(all rules)` line summing jobs, wall and CPU s."""
     lines = [
         "| " + " | ".join(title for _, title in COLUMNS) + " |",
         "|" + "|".join("---" if key == "rule" else "---:" for key, _ in COLUMNS) + "|",
@@ -171,7 +171,7 @@ def format_table(rows: Sequence[RuleTotals]) -> str:
         values = asdict(row)
         lines.append("| " + " | ".join(_cell(values[key]) for key, _ in COLUMNS) + " |")
     overall = {
-        "rule": "all",
+        "rule": "(all rules)",
         "jobs": sum(row.jobs for row in rows),
         "total_wall_s": sum(row.total_wall_s for row in rows),
         "mean_wall_s": None,
