@@ -7,11 +7,12 @@ product rather than the full rotation). `run` ablates single units (the shards' 
 ablated logits. Three routes, fastest first, all exact up to float rounding (`routes.py`):
 
 - `linear` (shortcut): when only element/channel-wise ops stand between the layer and the first
-  Linear or Conv2d op L, ablating u changes L's output by u's own contribution (a set's: the sum
-  of its units'). All units' contributions cost one pass of L (a grouped convolution or one
-  einsum); the rest of the network (the tail) is replayed from L's output. With no tail (a linear
-  head such as avgpool + fc) the ablated logits are exact in closed form. Unit basis of
-  channel-first layouts (conv, linear) only.
+  Linear or Conv2d op L, ablating u changes L's output by W_u (f_u - f~_u): u's own block of L's
+  input features less its filler's, times u's weight columns (a batched matmul, or a grouped
+  convolution over the group's channels only). A set is L applied to the features with the
+  set's blocks at their filler, one matmul or conv per call. The rest of the network (the tail)
+  is replayed from L's output. With no tail (a linear head such as avgpool + fc) the ablated
+  logits are exact in closed form. Unit basis of channel-first layouts (conv, linear) only.
 - `suffix`: replay the network after the layer (split with torch.fx) on the stored layer output
   with the units replaced, many (entry, image) pairs per call.
 - `hook`: models fx cannot cut: a full forward of the images with a hook that replaces the
@@ -24,7 +25,8 @@ replacement is zero (docs/definitions.md) or, in `mean` mode, each unit's mean a
 Each chunk's unablated logits come from the same route as its ablated ones, so drops and gross
 losses (`lost`: correct -> wrong) never mix two computations; `compare_baseline` checks that
 baseline against the stored full-network logits. Replayed parts holding in-place ops run on a
-copy of their input, and a module called more than once per forward is refused.
+copy of the stored input (the ablated copies, made afresh per call, need none), and a module
+called more than once per forward is refused.
 """
 
 from __future__ import annotations
@@ -54,10 +56,13 @@ from .replacement import (
 )
 from .routes import (
     METHODS,
-    channel_contributions,
+    ablate_sets,
+    ablate_singles,
+    channel_weights,
     choose_route,
     copies_input,
     single_call_forward,
+    single_unit_changes,
 )
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
@@ -136,6 +141,12 @@ class AblationEngine:
         self.suffix, self.head, self.why_not_faster = route.suffix, route.head, route.why_not_faster
         self.why_not_linear = route.why_not_linear
         self.method = route.method
+        self._weights: torch.Tensor | None = None  # the shortcut's per-channel weight, made once
+        # The tail (suffix) may rectify in place the ablated tensors made afresh per call; only
+        # the shared unablated input needs the copying wrapper.
+        tail = None if self.head is None else self.head.tail
+        self._owned_tail = tail.module if copies_input(tail) else tail
+        self._owned_suffix = self.suffix.module if copies_input(self.suffix) else self.suffix
 
     @property
     def needs_images(self) -> bool:
@@ -263,47 +274,63 @@ class AblationEngine:
         baseline = evaluate(None)
         tally.predictions.append(baseline.argmax(-1).cpu())
         base_hit, prob, _ = self._score(baseline[None], target)
-        tally.base_correct += base_hit[0] @ hot
+        # 0/1 counts per class as index additions over the labels (exact in any order);
+        # probabilities through the one-hot matmul, whose summation order is fixed on any device
+        # (index_add_ on CUDA adds atomically, in no fixed order).
+        tally.base_correct.index_add_(0, target, base_hit[0])
         tally.base_prob += prob[0] @ hot
         offset = 0
         for group in groups:
             hit, prob, ties = self._score(evaluate(group)[: group.count], target)
             rows = slice(offset, offset + group.count)
-            tally.correct[rows] += hit @ hot
+            tally.correct[rows].index_add_(1, target, hit)
             tally.prob_sum[rows] += prob @ hot
             tally.near_ties[rows] += ties
-            tally.lost[rows] += (base_hit * (1.0 - hit)) @ hot
+            tally.lost[rows].index_add_(1, target, base_hit * (1.0 - hit))
             offset += group.count
 
     def _image_chunk(self, inputs: torch.Tensor, sets: bool) -> int:
         """Images per evaluation so that a call's tensors stay within the memory budget."""
-        if self.method == "linear":  # channel shares (sets: and their changes), one output each
-            outputs = self.head.linear.weight.shape[0]
-            positions = inputs[0, 0].numel() if isinstance(self.head.linear, nn.Conv2d) else 1
-            channels = inputs.shape[1]
-            shares = 2 * channels if sets else channels
-            per_image = 4 * outputs * positions * (shares + self.units_per_call)
+        if self.method == "linear":
+            # Per image: its features, their change and the filler's (channel first), then per
+            # entry the ablated linear output and two tail activations of that width (sets:
+            # also the replaced features).
+            linear = self.head.linear
+            if isinstance(linear, nn.Linear):
+                features, outputs = linear.in_features, linear.out_features
+            else:  # pooling in `pre` only shrinks the maps; conv outputs at most as many positions
+                features = inputs[0].numel()
+                outputs = linear.out_channels * inputs[0, 0].numel()
+            per_entry = 3 * outputs + (features if sets else 0)
+            per_image = 4 * (3 * features + self.units_per_call * per_entry)
         else:  # one copy of the layer output per entry, plus the copies the replacement makes
-            copies = 2 if copies_input(self.suffix) else 1
-            copies += int(sets and self.rotation is not None) + int(self.unit_dim != 1)
+            copies = 1 + int(sets and self.rotation is not None) + int(self.unit_dim != 1)
             per_image = inputs[0].numel() * 4 * self.units_per_call * copies
         return int(max(1, min(len(inputs), self.memory_budget_bytes // max(1, per_image))))
 
     def _score(
         self, logits: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(G, B, K) logits -> correct (G, B), true-class probability (G, B), near ties (G,)."""
+        """(G, B, K) logits -> correct (G, B), true-class probability (G, B), near ties (G,).
+
+        One top-2 pass gives the prediction and the near ties (top-2 gap < `tie_margin`); where
+        the top two are equal the prediction is argmax's first maximum, as in a plain forward.
+        """
         logits = logits.float()
-        hit = (logits.argmax(-1) == labels).to(torch.float64)
         prob = torch.softmax(logits.double(), -1).gather(
             -1, labels.expand(logits.shape[0], -1)[..., None]
         )[..., 0]
-        if logits.shape[-1] > 1:
-            top = logits.topk(2, dim=-1).values
-            ties = ((top[..., 0] - top[..., 1]) < self.tie_margin).sum(-1)
-        else:
-            ties = torch.zeros(logits.shape[0], dtype=torch.int64, device=logits.device)
-        return hit, prob, ties
+        if logits.shape[-1] == 1:
+            hit = (labels == 0).to(torch.float64).expand(logits.shape[:2])
+            return hit, prob, torch.zeros(len(logits), dtype=torch.int64, device=logits.device)
+        values, indices = logits.topk(2, dim=-1)
+        gap = values[..., 0] - values[..., 1]
+        predicted = indices[..., 0]
+        level = gap == 0
+        if bool(level.any()):
+            predicted = torch.where(level, logits.argmax(-1), predicted)
+        hit = (predicted == labels).to(torch.float64)
+        return hit, prob, (gap < self.tie_margin).sum(-1)
 
     def _evaluator(self, inputs: torch.Tensor) -> Callable[[UnitGroup | None], torch.Tensor]:
         """A function from a unit group (None = no ablation) to logits (G, B, K) for `inputs`."""
@@ -319,52 +346,54 @@ class AblationEngine:
 
     def _replay_evaluator(self, outputs: torch.Tensor) -> Callable:
         """Suffix replay on the stored layer output, all of a group's copies in one call."""
-        suffix = self.suffix
+        suffix, owned = self.suffix, self._owned_suffix
 
         def evaluate(group: UnitGroup | None) -> torch.Tensor:
             if group is None:
                 return suffix(outputs)
-            logits = suffix(self._replace(outputs, group).flatten(0, 1))
+            logits = owned(self._replace(outputs, group).flatten(0, 1))
             return logits.view(group.size, len(outputs), -1)
 
         return evaluate
 
     def _linear_evaluator(self, maps: torch.Tensor) -> Callable:
-        """The linear shortcut: the first linear op's output minus the ablated channels' shares."""
+        """The linear shortcut: the first linear op's output less each unit's own change."""
         head = self.head
         channels = maps.shape[1]
         features = head.pre(maps)
         output = head.linear(features)
-        shares = channel_contributions(head, features, channels)
         filled = replacement_values(self.replacement, channels, maps)
         filled = filled.view(1, channels, *([1] * (maps.dim() - 2)))
-        replaced_shares = channel_contributions(
-            head, head.pre(filled.expand(1, *maps.shape[1:]).contiguous()), channels
-        )
+        filler = head.pre(filled.expand(1, *maps.shape[1:]).contiguous())
+        tail = self._owned_tail
         cached: dict[str, torch.Tensor] = {}
 
-        def removed_by_sets(group: UnitGroup) -> torch.Tensor:
-            """(G, B, O, ...): what ablating each set takes away from the linear op's output."""
-            if "change" not in cached:  # (B, C, O, ...): each channel's share, less its filler's
-                cached["change"] = shares - replaced_shares
-            mask = group_mask(group, channels, maps.device).to(shares.dtype)
-            return torch.einsum("gc,bc...->gb...", mask, cached["change"])
+        def linear_output(group: UnitGroup) -> torch.Tensor:
+            """(G*B, O, ...): the linear op's output with each entry of `group` ablated."""
+            if group.is_sets:
+                return ablate_sets(
+                    head.linear, features, filler, group_mask(group, channels, maps.device)
+                )
+            if "changes" not in cached:
+                cached["changes"] = single_unit_changes(features, filler, channels)
+            weights = self._channel_weights(channels)
+            ablated = ablate_singles(head.linear, weights, output, cached["changes"], group)
+            return ablated.flatten(0, 1)
 
         def evaluate(group: UnitGroup | None) -> torch.Tensor:
             if group is None:
                 return output if head.tail is None else head.tail(output)
-            if group.is_sets:
-                ablated = output.unsqueeze(0) - removed_by_sets(group)
-            else:
-                units = group.units.to(maps.device)
-                delta = shares.index_select(1, units) - replaced_shares.index_select(1, units)
-                ablated = output.unsqueeze(0) - delta.transpose(0, 1)  # (G, B, O, ...)
-            if head.tail is None:
-                return ablated
-            logits = head.tail(ablated.flatten(0, 1))
+            ablated = linear_output(group)
+            logits = ablated if tail is None else tail(ablated)
             return logits.view(group.size, len(maps), -1)
 
         return evaluate
+
+    def _channel_weights(self, channels: int) -> torch.Tensor:
+        """The linear op's weight split by input channel (`routes.channel_weights`), made once."""
+        if self._weights is None or len(self._weights) != channels:
+            self._weights = channel_weights(self.head.linear, channels)
+        return self._weights
 
     def _hook_evaluator(self, images: torch.Tensor) -> Callable:
         """Full forwards of the images, repeated per entry, with a hook replacing the units."""

@@ -27,7 +27,9 @@ class UnitGroup:
 
     Singles have `units` (G,): copy g ablates unit units[g]. Sets have (`rows`, `cols`) index
     pairs of a (G, C) mask: copy g ablates every unit u with a pair (g, u). A call is padded to
-    `size` entries by repeating its last one; the first `count` are real.
+    `size` entries by repeating its last one; the first `count` are real. `start` is the first
+    of singles that are consecutive units (a slice of per-unit tensors then needs no gather),
+    else -1.
     """
 
     size: int
@@ -36,6 +38,7 @@ class UnitGroup:
     rows: torch.Tensor | None = None
     cols: torch.Tensor | None = None
     highest: int = -1
+    start: int = -1
 
     @property
     def is_sets(self) -> bool:
@@ -49,7 +52,9 @@ def single_groups(units: np.ndarray, per_call: int) -> list[UnitGroup]:
     for start in range(0, len(units), per_call):
         group = units[start : start + per_call]
         padded = np.concatenate([group, np.repeat(group[-1:], per_call - len(group))])
-        groups.append(UnitGroup(per_call, len(group), units=torch.from_numpy(padded)))
+        consecutive = bool(np.all(np.diff(padded) == 1)) and padded[0] >= 0
+        start = int(padded[0]) if consecutive else -1
+        groups.append(UnitGroup(per_call, len(group), units=torch.from_numpy(padded), start=start))
     return groups
 
 

@@ -2,8 +2,8 @@
 
 `choose_route` resolves `auto` to the fastest exact route for a layer and builds its parts: the
 fx suffix (layer output -> logits), and where the shortcut applies the head split around the
-first linear op. `channel_contributions` is the shortcut's arithmetic, `single_call_forward` the
-hook route's full forward.
+first linear op. `ablate_singles` and `ablate_sets` are the shortcut's arithmetic,
+`single_call_forward` the hook route's full forward.
 """
 
 from __future__ import annotations
@@ -15,37 +15,97 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from .replacement import UnitGroup
 from .suffix import Head, NotACutPoint, explain_head, has_inplace_ops, split_suffix
 
 METHODS = ("auto", "linear", "suffix", "hook")
 
 
-def channel_contributions(head: Head, features: torch.Tensor, channels: int) -> torch.Tensor:
-    """Each input channel's share of the linear op's output (bias excluded).
-
-    features: the `pre` output, (B, C, h, w) for a conv op or (B, C*s) for a linear op.
-    Returns (B, C, O) for a linear op or (B, C, O, ho, wo) for a conv op; summed over C plus the
-    bias it is the op's output.
-    """
-    linear = head.linear
-    batch = features.shape[0]
+def channel_weights(linear: nn.Linear | nn.Conv2d, channels: int) -> torch.Tensor:
+    """The linear op's weight split by input channel, contiguous so that a group's blocks are
+    one slice or gather: (C, s, O) for nn.Linear (channel c owns the s inputs c*s .. c*s+s-1 of
+    the flattened features), (C, O, kh, kw) for nn.Conv2d."""
+    weight = linear.weight.detach()
     if isinstance(linear, nn.Linear):
-        if features.dim() != 2 or features.shape[1] % channels:
-            raise ValueError(f"linear op input {tuple(features.shape)} has no {channels} blocks")
-        block = features.shape[1] // channels
-        weight = linear.weight.view(linear.out_features, channels, block)
-        shares = torch.einsum("bcs,ocs->bco", features.view(batch, channels, block), weight)
-        # einsum hands back a strided view, from which index_select gathers element by element
-        # (about 100x slower than from a contiguous copy of the same values).
-        return shares.contiguous()
+        if linear.in_features % channels:
+            raise ValueError(
+                f"linear op input of {linear.in_features} features has no {channels} equal blocks"
+            )
+        block = linear.in_features // channels
+        return weight.view(linear.out_features, channels, block).permute(1, 2, 0).contiguous()
     if linear.padding_mode != "zeros":
         raise ValueError("conv shortcut needs zero padding")
-    out_channels = linear.out_channels
-    weight = linear.weight.transpose(0, 1).reshape(channels * out_channels, 1, *linear.kernel_size)
-    shares = F.conv2d(
-        features, weight, None, linear.stride, linear.padding, linear.dilation, groups=channels
+    if linear.in_channels != channels:
+        raise ValueError(f"conv op reads {linear.in_channels} channels, layer has {channels}")
+    return weight.transpose(0, 1).contiguous()
+
+
+def unit_rows(tensor: torch.Tensor, group: UnitGroup) -> torch.Tensor:
+    """Rows `group.units` of `tensor` along dim 0: a view when the units are consecutive."""
+    highest = int(group.units.max()) if group.start < 0 else group.start + group.size - 1
+    if highest >= len(tensor):
+        raise ValueError(f"unit index {highest} out of range: layer has {len(tensor)} units")
+    if group.start >= 0:
+        return tensor.narrow(0, group.start, group.size)
+    return tensor.index_select(0, group.units.to(tensor.device))
+
+
+def single_unit_changes(
+    features: torch.Tensor, filler: torch.Tensor, channels: int
+) -> torch.Tensor:
+    """Each channel's own block of the linear op's input minus its filler's, channel first:
+    (C, B, s) from (B, C*s) features of a Linear op, (C, B, h, w) from (B, C, h, w) of a conv."""
+    change = features - filler
+    if change.dim() == 2:
+        change = change.view(len(change), channels, -1)
+    return change.transpose(0, 1).contiguous()
+
+
+def ablate_singles(
+    linear: nn.Linear | nn.Conv2d,
+    weights: torch.Tensor,
+    output: torch.Tensor,
+    changes: torch.Tensor,
+    group: UnitGroup,
+) -> torch.Tensor:
+    """(G, B, O, ...) linear op output with unit g's change taken away in copy g: for each unit
+    u only its own block, output - W_u (f_u - filler_u); no all-channel tensor."""
+    own = unit_rows(changes, group)  # (G, B, s) or (G, B, h, w)
+    blocks = unit_rows(weights, group)  # (G, s, O) or (G, O, kh, kw)
+    if isinstance(linear, nn.Linear):
+        if own.shape[-1] == 1:  # one input per channel (a pooled map): an outer product
+            return torch.addcmul(output, own, blocks, value=-1.0)
+        return torch.baddbmm(output.expand(group.size, *output.shape), own, blocks, alpha=-1.0)
+    size, batch = own.shape[:2]
+    removed = F.conv2d(
+        own.transpose(0, 1),
+        blocks.reshape(size * blocks.shape[1], 1, *blocks.shape[2:]),
+        None,
+        linear.stride,
+        linear.padding,
+        linear.dilation,
+        groups=size,
+    )  # (B, G*O, ho, wo)
+    removed = removed.view(batch, size, *output.shape[1:]).transpose(0, 1)
+    ablated = output.expand(size, *output.shape).clone(memory_format=torch.contiguous_format)
+    return ablated.sub_(removed)
+
+
+def ablate_sets(
+    linear: nn.Linear | nn.Conv2d,
+    features: torch.Tensor,
+    filler: torch.Tensor,
+    mask: torch.Tensor,
+) -> torch.Tensor:
+    """(G*B, O, ...) linear op output with set g's units at their filler in copy g: the op on
+    the replaced features, one matmul or conv per call."""
+    size, channels = mask.shape
+    batch = len(features)
+    blocks = features.view(batch, channels, -1)
+    replaced = torch.where(
+        mask.view(size, 1, channels, 1), filler.view(1, 1, channels, -1), blocks.unsqueeze(0)
     )
-    return shares.view(batch, channels, out_channels, *shares.shape[2:])
+    return linear(replaced.view(size * batch, *features.shape[1:]))
 
 
 @dataclass
