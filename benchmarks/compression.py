@@ -30,14 +30,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import subprocess
 import tempfile
 import time
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from reporting import ROOT, commit_label
+
 COMPRESSIONS = ("none", "lzf", "gzip")
 
 
@@ -281,22 +281,6 @@ def _cell(value: object) -> str:
     return str(value)
 
 
-def git_commit() -> str:
-    """The repository's HEAD commit (with -dirty when the tree has changes), or 'unknown'."""
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    except OSError:
-        return "unknown"
-    return (head + ("-dirty" if dirty else "")) or "unknown"
-
-
 def main() -> None:
     """Measure both cases, print the table and write the JSON report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -319,7 +303,7 @@ def main() -> None:
     relative_times(rows)
     info["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     print_table([{key: _cell(row.get(key)) for key, _ in COLUMNS} for row in rows], COLUMNS)
-    report = {"hardware": info, "git_commit": git_commit(), "rows": rows}
+    report = {"hardware": info, "git_commit": commit_label(), "rows": rows}
     write_report(args.json, report)
 
 

@@ -59,6 +59,12 @@ def git_state(root: Path = ROOT) -> dict[str, object]:
     return {"commit": commit, "dirty": bool(changed), "dirty_paths": changed}
 
 
+def commit_label(root: Path = ROOT) -> str:
+    """git_state as one string: the commit, with -dirty when tracked files differ from it."""
+    state = git_state(root)
+    return f"{state['commit']}{'-dirty' if state['dirty'] else ''}"
+
+
 def load_average() -> list[float]:
     """The 1, 5 and 15 minute load averages, rounded to 2 decimals."""
     return [round(x, 2) for x in os.getloadavg()]

@@ -46,7 +46,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from reporting import ROOT, commit_label, peak_rss_mb, proc_status_mb
+
 IMAGENET_VAL = 50_000
 BRODEN_IMAGES = 63_305
 
@@ -61,44 +62,6 @@ MODELS: dict[str, tuple[str, int, int]] = {
 def utc_now() -> str:
     """The current date and time in UTC, to the second."""
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-
-
-def git_commit() -> str:
-    """HEAD's commit, with -dirty when tracked files differ from it; 'unknown' outside git."""
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    except OSError:
-        return "unknown"
-    return (head + ("-dirty" if dirty else "")) or "unknown"
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set size (Linux VmHWM) in MB; NaN where unknown."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
-def rss_mb() -> float:
-    """This process's resident set size (Linux VmRSS) in MB; NaN where unknown."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
 
 
 def render(root: Path, images: int) -> dict[str, Any]:
@@ -172,7 +135,7 @@ def child_concept_iou(store: str, broden_dir: str, images: int) -> dict[str, Any
     with ActivationStore(store) as source:
         units = int(source.layer("layer")["maps"].shape[1])
         reader = store_reader(source, "layer", broden)  # checks the store has `images` rows
-        before = rss_mb()
+        before = proc_status_mb("VmRSS")
         started, cpu = time.perf_counter(), time.process_time()
         result = concept_iou(reader, units, labels)
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
@@ -525,7 +488,7 @@ def main() -> None:
     started = time.perf_counter()
     report: dict[str, Any] = {
         "date_utc": utc_now(),
-        "git_commit": git_commit(),
+        "git_commit": commit_label(),
         "hardware": hardware(args.threads),
         "args": {
             key: str(value) if isinstance(value, Path) else value
