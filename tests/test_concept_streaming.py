@@ -207,10 +207,13 @@ def test_labels_are_decoded_one_bounded_batch_at_a_time(tmp_path: Path) -> None:
     assert [len(b.images) for b in batches] == [4, 4, 4, 1]
     assert all(b.layers.shape[0] == len(b.images) for b in batches)
     carried = labels.carried()
+    maps = np.random.default_rng(2).random((13, 2, 4, 4)).astype(np.float32)
+    counted = concept_iou(lambda units: maps[:, units], 2, broden, image_batch=4).carried
     for i in range(13):
         layers = np.concatenate(list(broden.load_labels(i).values()))
         expected = [bool((layers == n).any()) for n in labels.index.numbers]
         assert carried[i].tolist() == expected
+        assert counted[i].tolist() == expected  # what concept_iou's own pass over labels saw
     truth = [
         sum(
             int((np.concatenate(list(broden.load_labels(i).values())) == n).sum())

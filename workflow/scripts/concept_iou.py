@@ -63,7 +63,9 @@ def main(
         )
         bar.close()
     table = result.table(iou_threshold=None)
-    table.insert(4, "concept_class", concept_classes(labels, result.best()[0], classes))
+    table.insert(
+        4, "concept_class", concept_classes(labels, result.best()[0], classes, result.carried)
+    )
     LOG.info(
         f"{n_units} units, {len(result.label_numbers)} labels, counting {result.counting!r}; "
         f"best IoU max {table['iou'].max():.4g}, median {table['iou'].median():.4g}; "

@@ -84,6 +84,7 @@ class ConceptResult:
     top_scores: np.ndarray  # (U, k) float64, their spatial max activations
     quantile: float
     counting: str = "netdissect"
+    carried: np.ndarray | None = None  # (N, L) bool: image i holds label column c (pass 2's)
 
     def best(self) -> tuple[np.ndarray, np.ndarray]:
         """(column of the best label, its IoU) per unit; ties go to the lowest label number.
@@ -550,7 +551,10 @@ SCENE_SUFFIX = "-s"
 
 
 def concept_classes(
-    labels: ConceptLabels, concepts: np.ndarray, classes: Sequence[str]
+    labels: ConceptLabels,
+    concepts: np.ndarray,
+    classes: Sequence[str],
+    carried: np.ndarray | None = None,
 ) -> list[str]:
     """The concept-implied class of each unit: the class whose images most often carry its concept.
 
@@ -559,9 +563,10 @@ def concept_classes(
     (in the default world, and partly in Broden with Places365, scene labels are the classes;
     Broden writes them "<scene>-s"; an exact name wins); an image "carries" a label when any of
     its pixels (or the image, for image-level labels) has it. Ties go to the lower class index;
-    no usable class gives "".
+    no usable class gives "". `carried` is `labels.carried()` when a pass over the labels
+    (`ConceptResult.carried`) already made it, so the label files are not decoded again.
     """
-    present = labels.carried()
+    present = labels.carried() if carried is None else carried
     name_to_column = {name: k for k, name in enumerate(labels.index.names)}
     for k, (name, category) in enumerate(
         zip(labels.index.names, labels.index.categories, strict=True)
@@ -739,6 +744,7 @@ def concept_iou(
     cut = torch.from_numpy(float32_below(thresholds))
 
     ground_truth = np.zeros(n_cols, dtype=np.int64)
+    carried = np.zeros((n_images, n_cols), dtype=bool)
     tallies = [
         _Tally(
             torch.zeros(s.stop - s.start, n_cols + 1, dtype=torch.int64),
@@ -752,6 +758,7 @@ def concept_iou(
         decoded = []
         for batch in labels.batches(image_batch, first, min(n_images, first + window)):
             counted = batch.counted(counting)
+            carried[batch.images.start : batch.images.stop] = batch.held
             ground_truth += np.bincount(counted.ravel(), minlength=n_cols + 1)[1:]
             if not counted.any():  # no labels: no category present, nothing to count
                 continue
@@ -799,4 +806,5 @@ def concept_iou(
         top_scores=top_scores,
         quantile=quantile,
         counting=counting,
+        carried=carried,
     )
