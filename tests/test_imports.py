@@ -85,3 +85,53 @@ def test_every_script_is_classified() -> None:
 def test_probe_sees_torch_where_a_script_imports_it() -> None:
     """The check can fail: a torch job's script does load torch in the probe."""
     assert "torch" in loaded_packages(SCRIPTS / "ablate_shard.py")
+
+
+VERSIONS_PROBE = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from unitablation.extraction import library_versions
+versions = library_versions()
+print(json.dumps({"versions": versions, "torchvision_loaded": "torchvision" in sys.modules}))
+"""
+
+
+def test_store_provenance_names_torchvision_without_importing_it() -> None:
+    """Every extraction records torchvision's version; reading it must not import torchvision."""
+    from importlib.metadata import version
+
+    result = subprocess.run(
+        [sys.executable, "-c", VERSIONS_PROBE, str(ROOT / "workflow")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert not report["torchvision_loaded"]
+    assert report["versions"]["torchvision"] == version("torchvision")
+    assert report["versions"]["torch"].split("+")[0] == version("torch").split("+")[0]
+
+
+PROBE_MODEL = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from unitablation import models
+spec = models.ModelSpec.from_config({"arch": "tinyalex", "batchnorm": True, "dropout": 0.5}, 3, 64)
+layouts = models.check_model_layers(models.probe_model(spec), ["features.relu5"], "t", 64)
+units, dynamo = layouts["features.relu5"].units, "torch._dynamo" in sys.modules
+print(json.dumps({"units": units, "dynamo": dynamo}))
+"""
+
+
+def test_tinyalex_layer_probe_does_not_load_dynamo() -> None:
+    """The Snakefile probes each model's layers at every start; torch._dynamo costs ~2 s there."""
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE_MODEL, str(ROOT / "workflow")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report == {"units": 64, "dynamo": False}

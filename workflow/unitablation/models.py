@@ -159,15 +159,20 @@ def source_key(spec: ModelSpec) -> str:
 
 def probe_model(spec: ModelSpec) -> nn.Module:
     """The network of `spec` for shape checks: on the meta device (no memory, no arithmetic)
-    when it builds and runs there, else on the CPU; EntryError when it cannot be built."""
+    when it builds and runs there, else on the CPU; EntryError when it cannot be built.
+
+    The miniature AlexNet is probed on the CPU, where it costs milliseconds: many meta-device
+    ops (normal_, batch norm) import torch._dynamo, about 2 s at every Snakemake start.
+    """
     side = input_size(spec)
-    try:
-        with torch.device("meta"):
-            model = build_model(spec)
-        logits_width(forward_once(model, side))
-        return model
-    except Exception:  # some sources need real tensors: try again on the CPU
-        pass
+    if spec.source().kind != "tinyalex":
+        try:
+            with torch.device("meta"):
+                model = build_model(spec)
+            logits_width(forward_once(model, side))
+            return model
+        except Exception:  # some sources need real tensors: try again on the CPU
+            pass
     try:
         model = build_model(spec)
     except EntryError:
