@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,14 +52,16 @@ print(json.dumps(sorted(name for name in sys.modules if "." not in name)))
 
 def loaded_packages(script: Path) -> set[str]:
     """Top-level packages in sys.modules after loading `script` in a fresh interpreter."""
+    return set(probe_json(PROBE, str(script), str(ROOT / "workflow")))
+
+
+def probe_json(code: str, *args: str) -> Any:
+    """Run `code` in a fresh interpreter with `args` and return the JSON of its last line."""
     result = subprocess.run(
-        [sys.executable, "-c", PROBE, str(script), str(ROOT / "workflow")],
-        capture_output=True,
-        text=True,
-        check=False,
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
-    return set(json.loads(result.stdout.splitlines()[-1]))
+    return json.loads(result.stdout.splitlines()[-1])
 
 
 @pytest.mark.parametrize("script", sorted(TORCH_FREE))
@@ -100,14 +103,7 @@ def test_store_provenance_names_torchvision_without_importing_it() -> None:
     """Every extraction records torchvision's version; reading it must not import torchvision."""
     from importlib.metadata import version
 
-    result = subprocess.run(
-        [sys.executable, "-c", VERSIONS_PROBE, str(ROOT / "workflow")],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout.splitlines()[-1])
+    report = probe_json(VERSIONS_PROBE, str(ROOT / "workflow"))
     assert not report["torchvision_loaded"]
     assert report["versions"]["torchvision"] == version("torchvision")
     assert report["versions"]["torch"].split("+")[0] == version("torch").split("+")[0]
@@ -126,12 +122,5 @@ print(json.dumps({"units": units, "dynamo": dynamo}))
 
 def test_tinyalex_layer_probe_does_not_load_dynamo() -> None:
     """The Snakefile probes each model's layers at every start; torch._dynamo costs ~2 s there."""
-    result = subprocess.run(
-        [sys.executable, "-c", PROBE_MODEL, str(ROOT / "workflow")],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout.splitlines()[-1])
+    report = probe_json(PROBE_MODEL, str(ROOT / "workflow"))
     assert report == {"units": 64, "dynamo": False}
