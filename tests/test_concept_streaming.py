@@ -50,6 +50,39 @@ def test_streamed_quantile_is_numpy_quantile_bit_for_bit(count: int) -> None:
         assert all(len(kept[0]) == streaming.keep <= count // 2 + 1 for kept in streaming.kept)
 
 
+@pytest.mark.parametrize("images", [40, 400])
+def test_peak_floor_drops_values_without_changing_the_quantile(images: int) -> None:
+    # Values fed as images of 16 positions; the floor of each piece is the keep-th largest
+    # per-image max so far (as concept_iou passes it). Ties at the floor (ReLU zeros, rounded
+    # values) must survive, and the result must stay numpy's.
+    from unitablation.concepts import _peak_floor
+
+    rng = np.random.default_rng(images)
+    maps = np.stack(
+        [
+            rng.standard_normal((images, 16)),
+            np.maximum(rng.standard_normal((images, 16)) - 1.5, 0),  # mostly zeros
+            np.round(rng.standard_normal((images, 16))),  # few distinct values
+        ],
+        axis=1,
+    ).astype(np.float32)  # (images, units, positions)
+    for level in (0.5, 0.9, 0.995, 0.999, 1.0):
+        streaming = _StreamingQuantile(3, images * 16, level)
+        dropped = 0
+        for start in range(0, images, 7):
+            piece = maps[start : start + 7]
+            peak = maps[: start + len(piece)].max(axis=2)
+            floor = _peak_floor(peak, streaming.keep)
+            values = np.ascontiguousarray(piece.transpose(1, 0, 2).reshape(3, -1))
+            if floor is not None and streaming.from_top:
+                dropped += int((values < floor[:, None]).sum())
+            streaming.add(values, floor)
+        expected = [np.quantile(maps[:, u].astype(np.float64), level) for u in range(3)]
+        assert np.array_equal(streaming.result(), expected), level
+        if level >= 0.995 and images == 400:
+            assert dropped > 0  # the floor did drop values
+
+
 def test_streamed_quantile_keeps_nan_and_checks_the_count() -> None:
     values = np.array([[1.0, np.nan, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0]], dtype=np.float32)
     for level in (0.0, 0.5, 1.0):

@@ -362,8 +362,13 @@ class _StreamingQuantile:
         self.seen = 0
         self.nan = np.zeros(units, dtype=bool)
 
-    def add(self, values: np.ndarray) -> None:
-        """Feed (b, m) float32 values (m more values of every unit)."""
+    def add(self, values: np.ndarray, floor: np.ndarray | None = None) -> None:
+        """Feed (b, m) float32 values (m more values of every unit).
+
+        `floor` (b,) is a value per unit that at least `keep` of its values fed so far or in this
+        call reach (e.g. the keep-th largest of its per-image maxima); values below it can never
+        be among the top `keep`, so they are dropped at once. Only used when keeping the top.
+        """
         self.seen += values.shape[1]
         self.nan |= np.isnan(values).any(axis=1)
         needed = None
@@ -371,6 +376,9 @@ class _StreamingQuantile:
             bound = self.bound[:, None]
             needed = values > bound if self.from_top else values < bound
             needed |= ~self.bounded[:, None]
+        if floor is not None and self.from_top:
+            floor = np.where(np.isfinite(floor), floor, -np.inf).astype(np.float32)[:, None]
+            needed = values >= floor if needed is None else needed & (values >= floor)
         for u, row in enumerate(values):
             row = row if needed is None else row[needed[u]]
             if len(row):
@@ -405,6 +413,17 @@ class _StreamingQuantile:
             result[u] = _lerp(np.float64(low), np.float64(high), self.gamma)
         result[self.nan] = np.nan
         return result
+
+
+def _peak_floor(peak: np.ndarray, keep: int) -> np.ndarray | None:
+    """Per unit, the keep-th largest spatial max of the images so far (peak (n, b)), or None.
+
+    Each image's max is one of the unit's values, so at least `keep` values reach it: a value
+    below it is never among the top `keep` (`_StreamingQuantile.add`'s floor).
+    """
+    if keep <= 0 or len(peak) < keep:
+        return None
+    return np.partition(peak, len(peak) - keep, axis=0)[len(peak) - keep]
 
 
 def _block_thresholds(maps: np.ndarray, quantile: float, rows: int = 256) -> np.ndarray:
@@ -733,8 +752,9 @@ def concept_iou(
         streaming = _StreamingQuantile(b, n_images * source.spatial, 1.0 - quantile)
         for start in range(0, n_images, source.window):
             maps = source.rows(units, start, min(n_images, start + source.window))
-            streaming.add(np.ascontiguousarray(maps.transpose(1, 0, 2, 3).reshape(b, -1)))
             peak[start : start + len(maps), units] = maps.reshape(len(maps), b, -1).max(axis=2)
+            floor = _peak_floor(peak[: start + len(maps), units], streaming.keep)
+            streaming.add(np.ascontiguousarray(maps.transpose(1, 0, 2, 3).reshape(b, -1)), floor)
         thresholds[units] = streaming.result()
         top_images[units], top_scores[units] = _top_images(peak[:, units].astype(np.float64), k)
         sources.append(source)
