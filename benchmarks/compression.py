@@ -120,9 +120,9 @@ def measure_case(case: str, images: int, root: Path) -> list[dict[str, Any]]:
     model, layers, size = case_model(case)
     broden, loader = concept_loader(root / case, size, images, 50)
     labels = concept_labels(broden)
-    cpu = torch.device("cpu")
+    device = torch.device("cpu")
     warm = root / case / "warm-up.h5"
-    extract_activations(model, layers[:1], loader, warm, cpu, {})
+    extract_activations(model, layers[:1], loader, warm, device, {})
     rows = []
     for layer in layers:
         reference, base_bytes, base_maps = None, 0, None
@@ -138,7 +138,7 @@ def measure_case(case: str, images: int, root: Path) -> list[dict[str, Any]]:
                         [layer],
                         loader,
                         path,
-                        cpu,
+                        device,
                         {},
                         compression=compression,
                     )

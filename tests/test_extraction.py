@@ -238,3 +238,15 @@ def test_format_1_store_reads_as_conv_and_explicit_prefix(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"layer 0 .*\(3, 3, 6\).*prefix_tokens"):
         run_extraction(model, ["0"], images, labels, tmp_path / "u.h5", prefix_tokens=3)
     assert not (tmp_path / "u.h5").exists()
+
+
+def test_a_device_that_is_not_a_torch_device_is_refused_before_the_model_moves(tmp_path) -> None:
+    # model.to(2.5) would turn the weights float64 in place and every later forward with them.
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(TINY_ARCH, 4, widths=(4, 6, 8, 8, 5), hidden=8, image_size=32))
+    loader = DataLoader(TensorDataset(torch.randn(4, 3, 32, 32), torch.zeros(4).long()), 2)
+    path = tmp_path / "eval.h5"
+    with pytest.raises(TypeError, match="device must be a torch.device, got 2.5"):
+        extract_activations(model, ["features.relu3"], loader, path, 2.5, {})  # type: ignore[arg-type]
+    assert not path.exists()
+    assert all(p.dtype == torch.float32 for p in model.parameters())

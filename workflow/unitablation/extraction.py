@@ -131,6 +131,8 @@ def extract_activations(
     the layouts.
     """
     filters = compression_filters(compression)
+    if not isinstance(device, torch.device):  # model.to(2.5) would silently make it float64
+        raise TypeError(f"device must be a torch.device, got {device!r}")
     total = len(loader.dataset)
     if total == 0:
         raise ValueError("image set is empty")
