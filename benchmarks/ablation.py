@@ -812,6 +812,16 @@ def provenance(report: dict) -> list[str]:
     ]
 
 
+def extraction_ceiling(row: dict) -> float:
+    """The x naive of an engine whose per-unit work is free: its construction and extraction
+    forward against the naive side's forwards of every unit (medians of a report row)."""
+    naive_per_unit = row["naive"]["median_s"] / row["subset_units"]
+    fixed = statistics.median(row["engine"]["build_s"]) + statistics.median(
+        row["engine"]["extract_s"]
+    )
+    return row["units"] * naive_per_unit / fixed
+
+
 def docs_tables(report: dict) -> dict[str, str]:
     """The docs' blocks of a report: `speed` (provenance, table, checks) and `summary` (one
     sentence of the speedups)."""
@@ -878,6 +888,22 @@ def docs_tables(report: dict) -> dict[str, str]:
         f"{figure(report['engine_gflops'])}, against {figure(report['matmul_gflops'])} for a "
         f"{report['args']['matmul_size']}^2 fp32 matmul on the same threads.",
     ]
+    notes.append(
+        "- Ceiling of a method that runs one extraction forward and nothing else per unit: "
+        "units x the naive seconds per unit / (construction + extraction), medians: "
+        + ", ".join(
+            f"{TITLES.get(row['model'], row['model'])} x {figure(extraction_ceiling(row))}"
+            for row in rows
+        )
+        + ". `run` (all the per-unit work) takes the rest of the engine's time: "
+        + ", ".join(
+            f"{figure(statistics.median(row['engine']['run_s']))} s of "
+            f"{figure(row['engine']['median_s'])} s"
+            for row in rows
+        )
+        + ". A target above the ceiling cannot be met on that machine by any engine that "
+        "extracts the layer with the network's own forward."
+    )
     if report["rss_ratio_8x"] is not None:
         runs = report["rss"]["runs"]
         notes.append(
