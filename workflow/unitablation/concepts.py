@@ -365,9 +365,9 @@ class _StreamingQuantile:
     def add(self, values: np.ndarray, floor: np.ndarray | None = None) -> None:
         """Feed (b, m) float32 values (m more values of every unit).
 
-        `floor` (b,) is a value per unit that at least `keep` of its values fed so far or in this
-        call reach (e.g. the keep-th largest of its per-image maxima); values below it can never
-        be among the top `keep`, so they are dropped at once. Only used when keeping the top.
+        `floor` (b,) is a value per unit that at least `keep` of the values of this call reach
+        (e.g. the keep-th largest of their per-image maxima); values below it can never be among
+        the top `keep`, so they are dropped at once. Only used when keeping the top.
         """
         self.seen += values.shape[1]
         self.nan |= np.isnan(values).any(axis=1)
@@ -416,10 +416,12 @@ class _StreamingQuantile:
 
 
 def _peak_floor(peak: np.ndarray, keep: int) -> np.ndarray | None:
-    """Per unit, the keep-th largest spatial max of the images so far (peak (n, b)), or None.
+    """Per unit, the keep-th largest spatial max of a window's images (peak (n, b)), or None.
 
     Each image's max is one of the unit's values, so at least `keep` values reach it: a value
-    below it is never among the top `keep` (`_StreamingQuantile.add`'s floor).
+    below it is never among the top `keep` (`_StreamingQuantile.add`'s floor). Once a unit holds
+    its top `keep`, their innermost value bounds it at least as tightly, so later windows need
+    no floor.
     """
     if keep <= 0 or len(peak) < keep:
         return None
@@ -753,7 +755,9 @@ def concept_iou(
         for start in range(0, n_images, source.window):
             maps = source.rows(units, start, min(n_images, start + source.window))
             peak[start : start + len(maps), units] = maps.reshape(len(maps), b, -1).max(axis=2)
-            floor = _peak_floor(peak[: start + len(maps), units], streaming.keep)
+            floor = None
+            if not streaming.bounded.all():
+                floor = _peak_floor(peak[start : start + len(maps), units], streaming.keep)
             streaming.add(np.ascontiguousarray(maps.transpose(1, 0, 2, 3).reshape(b, -1)), floor)
         thresholds[units] = streaming.result()
         top_images[units], top_scores[units] = _top_images(peak[:, units].astype(np.float64), k)
