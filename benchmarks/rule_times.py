@@ -14,13 +14,36 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
+import statistics
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from reporting import ROOT, cpu_model, git_state, load_average, write_report
 
 DEFAULT_JSON = ROOT / "benchmarks" / "measured" / "rule_times.json"
+# Rules whose jobs import torch (each pays the import once); the floor line counts them.
+TORCH_RULES = (
+    "train_model",
+    "extract_activations",
+    "extract_outputs",
+    "ablate_shard",
+    "concept_iou",
+    "unit_attributes",
+    "cumulative_ablation",
+)
+
+
+def torch_import_seconds(repeats: int = 3) -> list[float]:
+    """Wall seconds of `python -c "import torch"` in this interpreter, `repeats` times."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import torch"], check=True)
+        times.append(time.perf_counter() - start)
+    return times
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -29,6 +52,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     rows = rule_times.totals(rule_times.read_run(args.results))
     print(rule_times.format_table(rows))
+    imports = torch_import_seconds()
+    print(f"import torch: {', '.join(f'{s:.2f}' for s in imports)} s")
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "git": git_state(),
@@ -38,6 +63,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "load_average_at_start": args.load_at_start,
         "command": args.command,
         "run_wall_s": args.wall_s,
+        "torch_import_s": imports,
         **rule_times.report(rows),
     }
 
@@ -63,7 +89,38 @@ def docs_tables(report: dict[str, Any]) -> dict[str, str]:
         f"run wall time {_seconds(report.get('run_wall_s'))}, on {report['cpu']} "
         f"(load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f})."
     )
-    return {"rule_times": f"{line}\n\n{format_table(rows)}\n"}
+    block = f"{line}\n\n{format_table(rows)}\n"
+    if report.get("torch_import_s"):
+        block += "\n" + floor_line(rows, statistics.median(report["torch_import_s"])) + "\n"
+    return {"rule_times": block}
+
+
+def floor_line(rows: list[Any], import_s: float, cores: int = 2) -> str:
+    """The wall time this job layout cannot beat on `cores` cores with the tables unchanged.
+
+    Training (its arithmetic fixes the weights, so every table) and the ablation shards count
+    at their measured CPU seconds; every other job that imports torch counts only the import;
+    all the rest counts as free.
+    """
+    by_rule = {row.rule: row for row in rows}
+
+    def cpu(rule: str) -> float:
+        row = by_rule.get(rule)
+        return (row.total_cpu_s or 0.0) if row else 0.0
+
+    torch_jobs = sum(by_rule[rule].jobs for rule in TORCH_RULES if rule in by_rule)
+    fixed = ("train_model", "ablate_shard")
+    fixed_jobs = sum(by_rule[rule].jobs for rule in fixed if rule in by_rule)
+    imports = (torch_jobs - fixed_jobs) * import_s
+    floor_cpu = cpu("train_model") + cpu("ablate_shard") + imports
+    return (
+        f"Floor of this job layout: `import torch` takes {import_s:.2f} s here (median of 3), "
+        f"and {torch_jobs} jobs import it. Training ({cpu('train_model'):,.0f} CPU s) and the "
+        f"ablation shards ({cpu('ablate_shard'):,.0f} CPU s) plus the import alone of the other "
+        f"{torch_jobs - fixed_jobs} torch jobs ({imports:,.0f} s) make {floor_cpu:,.0f} CPU s: "
+        f"at least {_seconds(floor_cpu / cores)} on {cores} cores even if every other job cost "
+        "nothing."
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

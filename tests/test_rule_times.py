@@ -138,3 +138,26 @@ def test_docs_block_from_report(results: Path) -> None:
         "on Test CPU (load average 4.0 / 5.0 / 6.5)."
     )
     assert table == rule_times.format_table(rows) + "\n"
+
+
+def test_floor_line_counts_training_shards_and_imports(tmp_path: Path) -> None:
+    """The floor: training and shards at their CPU s, other torch jobs at one import each."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import rule_times as bench  # benchmarks/rule_times.py
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    bench_dir = tmp_path / "benchmarks"
+    write_tsv(bench_dir / "train_model/a.tsv", ("60.0", "1.0", "50.0"))
+    write_tsv(bench_dir / "train_model/b.tsv", ("60.0", "1.0", "50.0"))
+    for n in range(3):
+        write_tsv(bench_dir / f"ablate_shard/{n}.tsv", ("5.0", "1.0", "4.0"))
+    for n in range(4):
+        write_tsv(bench_dir / f"concept_iou/{n}.tsv", ("9.0", "1.0", "8.0"))
+    write_tsv(bench_dir / "summary/x.tsv", ("30.0", "1.0", "30.0"))  # no torch: free
+    rows = rule_times.totals(rule_times.read_run(tmp_path))
+    line = bench.floor_line(rows, 2.0)
+    # 9 torch jobs; 100 + 12 CPU s fixed, 4 x 2.0 s imports: 120 CPU s, 60 s on 2 cores
+    assert "9 jobs import it" in line
+    assert "plus the import alone of the other 4 torch jobs (8 s) make 120 CPU s" in line
+    assert "at least 1 min 0 s on 2 cores" in line
