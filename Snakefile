@@ -22,6 +22,7 @@ include: "workflow/rules/attributes.smk"
 include: "workflow/rules/concepts.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/browser.smk"
 
 
 rule all:

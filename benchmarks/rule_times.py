@@ -34,6 +34,14 @@ TORCH_RULES = (
     "unit_attributes",
     "cumulative_ablation",
 )
+#: The unit browser's rules (the docs block states their share of the run).
+BROWSER_RULES = ("browser_layer", "browser")
+
+
+def folder_size(folder: Path) -> tuple[int, int]:
+    """(files, bytes) under a folder; (0, 0) when it does not exist."""
+    files = [path for path in folder.rglob("*") if path.is_file()] if folder.is_dir() else []
+    return len(files), sum(path.stat().st_size for path in files)
 
 
 def torch_import_seconds(repeats: int = 3) -> list[float]:
@@ -54,6 +62,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     print(rule_times.format_table(rows))
     imports = torch_import_seconds()
     print(f"import torch: {', '.join(f'{s:.2f}' for s in imports)} s")
+    browser = folder_size(args.results / "browser")
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "git": git_state(),
@@ -64,6 +73,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "command": args.command,
         "run_wall_s": args.wall_s,
         "torch_import_s": imports,
+        "browser_files": browser[0],
+        "browser_bytes": browser[1],
         **rule_times.report(rows),
     }
 
@@ -92,7 +103,32 @@ def docs_tables(report: dict[str, Any]) -> dict[str, str]:
     block = f"{line}\n\n{format_table(rows)}\n"
     if report.get("torch_import_s"):
         block += "\n" + floor_line(rows, statistics.median(report["torch_import_s"])) + "\n"
+    share = share_line(rows, BROWSER_RULES, "The unit browser")
+    if share:
+        if report.get("browser_files"):
+            share += (
+                f" Its folder, results/browser/, holds {report['browser_files']:,} files, "
+                f"{report['browser_bytes'] / 1e6:.1f} MB."
+            )
+        block += "\n" + share + "\n"
     return {"rule_times": block}
+
+
+def share_line(rows: list[Any], rules: tuple[str, ...], name: str) -> str:
+    """`name`'s jobs, wall and CPU seconds and their share of the run's totals ('' if absent)."""
+    chosen = [row for row in rows if row.rule in rules]
+    if not chosen:
+        return ""
+    wall = sum(row.total_wall_s for row in chosen)
+    cpu = sum(row.total_cpu_s or 0.0 for row in chosen)
+    all_wall = sum(row.total_wall_s for row in rows)
+    all_cpu = sum(row.total_cpu_s or 0.0 for row in rows)
+    names = ", ".join(f"`{row.rule}`" for row in chosen)
+    return (
+        f"{name} ({names}): {sum(row.jobs for row in chosen)} jobs, {wall:,.1f} job-wall s "
+        f"({100 * wall / all_wall:.1f}% of all jobs') and {cpu:,.1f} CPU s "
+        f"({100 * cpu / all_cpu:.1f}%)."
+    )
 
 
 def floor_line(rows: list[Any], import_s: float, cores: int = 2) -> str:

@@ -52,11 +52,13 @@ def test_two_runs_from_scratch_are_identical(tiny_run: Path, tiny_rerun: Backgro
     result = tiny_rerun.result()
     assert result.returncode == 0, result.stderr[-3000:]
     rerun = tiny_rerun.workdir
-    for suffix in (".csv", ".md", ".png", ".pdf", ".pt"):
+    for suffix in (".csv", ".md", ".png", ".pdf", ".pt", ".js"):
         files = result_files(tiny_run, suffix)
         assert files == result_files(rerun, suffix)
         for relative in files:
             assert (rerun / relative).read_bytes() == (tiny_run / relative).read_bytes(), relative
+    page = Path("results/browser/index.html")  # (tiny_run also holds a test's report.html)
+    assert (rerun / page).read_bytes() == (tiny_run / page).read_bytes()
     stores = result_files(tiny_run, ".h5")
     assert stores == result_files(rerun, ".h5") and len(stores) > 50
     for relative in stores:

@@ -62,7 +62,7 @@ IMPORT_TO_CONDA = {"torch": "pytorch", "PIL": "pillow", "yaml": "pyyaml"}
 LIBRARY = ROOT / "workflow" / "unitablation"
 #: Library modules with a torch half that only torch jobs call (torch imported in the function):
 #: their function-level imports are left out (tests/test_figures.py imports them without torch).
-TORCH_OPTIONAL = {LIBRARY / "masks.py"}
+TORCH_OPTIONAL = {LIBRARY / "masks.py", LIBRARY / "rotation.py"}  # rotation: haar_rotation is numpy
 
 
 def rule_blocks() -> dict[str, str]:

@@ -33,6 +33,8 @@ TORCH_FREE: dict[str, tuple[str, tuple[str, ...]]] = {
     "summary.py": ("renders comparison tables as markdown", ()),
     "baseline_accuracy.py": ("per-class accuracy from the stored logits (numpy)", ()),
     "figure.py": ("draws stored tables and maps", ("matplotlib",)),
+    "browser_layer.py": ("reads tables and stored maps; masks and figures with numpy, PIL", ()),
+    "browser_page.py": ("renders the page with Jinja2 and copies image files", ()),
     "generate_world.py": ("draws the synthetic images with numpy and PIL", ()),
     "download_fetch.py": ("downloads files", ()),
     "prepare_eval_set.py": ("unpacks an eval set; scipy.io only inside the .mat reader", ()),

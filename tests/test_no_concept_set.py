@@ -7,6 +7,7 @@ writes, with no `concept_set`). Plus library-level checks of the same behaviour 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,19 @@ def test_no_concept_jobs_run_for_the_model_without_a_concept_set(run: Path) -> N
     # the tinyalex keeps the world's concept set when its entry names none
     assert (run / f"results/plain/{PLAIN_LAYER}/unit/concepts.csv").is_file()
     assert (run / f"results/plain/activations/concept/{PLAIN_LAYER}.h5").is_file()
+
+
+def test_browser_cards_have_no_concept_images_without_a_concept_set(run: Path) -> None:
+    def data(model: str, layer: str) -> dict:
+        text = (run / f"results/browser/data/{model}/{layer}/unit.js").read_text()
+        return json.loads(text[len("unitBrowser.register(") : -len(");\n")])
+
+    resnet = data("resnet", RESNET_LAYER)
+    assert not resnet["has_concepts"] and len(resnet["rows"]) == 512
+    assert all(card["concept_images"] == [] for card in resnet["cards"])
+    assert all(len(card["eval_images"]) == 4 for card in resnet["cards"])
+    assert data("plain", PLAIN_LAYER)["has_concepts"]
+    assert (run / "results/browser/index.html").is_file()
 
 
 def test_unit_table_keeps_concept_columns_empty(run: Path) -> None:

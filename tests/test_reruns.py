@@ -37,6 +37,8 @@ PER_BASIS = {
     "unit_table": "units.csv",
     "layer_statistics": "correlations.csv",
 }
+#: The unit browser's rules: one data script per (model, layer, basis), then the page.
+BROWSER = ("browser_layer", "browser")
 
 
 def all_jobs(config: dict[str, Any], units: int = 8) -> set[Job]:
@@ -48,6 +50,7 @@ def all_jobs(config: dict[str, Any], units: int = 8) -> set[Job]:
         ("generate_world", "results/world/train"),
         ("compare", "results/comparison/variants.csv"),
         ("summary", "results/summary.md"),
+        ("browser", "results/browser/index.html"),
         ("all", ""),
     }
     jobs.add((STUDY_RULE, f"results/figures/comparison/{STUDY_FIGURES[0]}.png"))
@@ -67,6 +70,7 @@ def all_jobs(config: dict[str, Any], units: int = 8) -> set[Job]:
                 folder = f"results/{model}/{layer}/{basis}"
                 jobs |= {(rule, f"{folder}/{table}") for rule, table in PER_BASIS.items()}
                 jobs |= {("ablate_shard", f"{folder}/shards/{i:04d}.h5") for i in range(shards)}
+                jobs.add(("browser_layer", f"results/browser/data/{model}/{layer}/{basis}.js"))
     return jobs
 
 
@@ -125,10 +129,11 @@ def test_new_rotation_seed_runs_only_that_basis(tiny_run: Path, tmp_path: Path) 
     config = tiny_config()
     config["rotation"]["seeds"] = [8]
     full = all_jobs(config)
-    expected = {job for job in full if "/rot8/" in job[1]}
+    expected = {job for job in full if "/rot8/" in job[1] or job[1].endswith("/rot8.js")}
     expected |= figure_jobs(full, "drops", "rotation") | select(full, "compare", "summary", "all")
+    expected |= select(full, "browser")
     assert jobs == expected
-    assert changed == set()  # no rule reads the seed list itself
+    assert changed == {"results/browser/index.html"}  # the page's entries: the only reader
 
 
 def test_added_layer_runs_only_that_layer_and_the_summaries(tiny_run: Path, tmp_path: Path) -> None:
@@ -138,11 +143,11 @@ def test_added_layer_runs_only_that_layer_and_the_summaries(tiny_run: Path, tmp_
     full = all_jobs(config)
     expected = {job for job in full if "features.relu3" in job[1]}
     expected |= figure_jobs(full, *PER_MODEL_FIGURES, *STUDY_FIGURES)
-    expected |= select(full, "compare", "summary", "all")
+    expected |= select(full, "compare", "summary", "all", "browser")
     assert jobs == expected
-    # extraction is per layer, so no existing store changes; no job reads the layer list
-    # itself (the per-model figures take their layers from their inputs)
-    assert changed == set()
+    # extraction is per layer, so no existing store changes; only the browser page reads the
+    # layer list itself, as its entries (the per-model figures take theirs from their inputs)
+    assert changed == {"results/browser/index.html"}
 
 
 @pytest.mark.parametrize(
@@ -154,7 +159,7 @@ def test_concept_iou_keys_rerun_iou_and_what_reads_it(
     jobs, changed = plan(tiny_run, tmp_path, changes)
     full = all_jobs(tiny_config())
     expected = select(full, "concept_iou", "unit_table", "layer_statistics", "compare", "summary")
-    expected |= figure_jobs(full, *FIGURES_OF_UNITS) | select(full, "all")
+    expected |= figure_jobs(full, *FIGURES_OF_UNITS) | select(full, "all", *BROWSER)
     assert jobs == expected
     assert changed == select_paths(full, "concept_iou")
 
@@ -163,7 +168,7 @@ def test_detector_threshold_reruns_the_tables_not_the_iou(tiny_run: Path, tmp_pa
     jobs, changed = plan(tiny_run, tmp_path, {"concepts.iou_threshold": 0.1})
     full = all_jobs(tiny_config())
     expected = select(full, "unit_table", "layer_statistics", "compare", "summary")
-    expected |= figure_jobs(full, *FIGURES_OF_UNITS) | select(full, "all")
+    expected |= figure_jobs(full, *FIGURES_OF_UNITS) | select(full, "all", *BROWSER)
     assert jobs == expected and not select(jobs, "concept_iou")
     assert changed == select_paths(full, "unit_table")  # its params carry the threshold
 
@@ -181,6 +186,16 @@ def test_figure_setting_reruns_only_that_figures_jobs(tiny_run: Path, tmp_path: 
     full = all_jobs(tiny_config())
     assert jobs == figure_jobs(full, "examples") | select(full, "all")
     assert changed == {path for _, path in figure_jobs(full, "examples")}
+
+
+@pytest.mark.parametrize("changes", [{"browser.images_per_unit": 2}, {"browser.class_units": 3}])
+def test_browser_keys_rerun_only_the_browser(
+    tiny_run: Path, tmp_path: Path, changes: dict[str, Any]
+) -> None:
+    jobs, changed = plan(tiny_run, tmp_path, changes)
+    full = all_jobs(tiny_config())
+    assert jobs == select(full, "all", *BROWSER)
+    assert changed == select_paths(full, "browser_layer")
 
 
 def test_training_epochs_rerun_everything_after_the_world(tiny_run: Path, tmp_path: Path) -> None:
@@ -203,6 +218,7 @@ def test_shard_size_reruns_ablation_and_what_reads_drops(tiny_run: Path, tmp_pat
     full = all_jobs(config)
     expected = select(full, "ablate_shard", "merge_ablation", "unit_table", "layer_statistics")
     expected |= select(full, "compare", "summary", "all") | figure_jobs(full, *FIGURES_OF_UNITS)
+    expected |= select(full, *BROWSER)
     assert jobs == expected
     # shards 0000 and 0001 exist and now hold other units; 0002 is new
     assert changed == {path for path in select_paths(full, "ablate_shard") if "0002" not in path}

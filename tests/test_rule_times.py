@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -24,6 +25,17 @@ def write_tsv(path: Path, *rows: tuple[str, str, str]) -> None:
         f"{s}\t0:00:01\t{rss}\t900.0\t100.0\t110.0\t0.0\t1.0\t55.0\t{cpu}\n" for s, rss, cpu in rows
     ]
     path.write_text(HEADER + "".join(lines))
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    """benchmarks/rule_times.py, imported from its folder."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import rule_times as module
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return module
 
 
 @pytest.fixture
@@ -112,13 +124,8 @@ def test_no_benchmark_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "no benchmarks/ folder" in capsys.readouterr().err
 
 
-def test_docs_block_from_report(results: Path) -> None:
+def test_docs_block_from_report(results: Path, bench: ModuleType) -> None:
     """benchmarks/rule_times.py's block: a provenance line naming the jobs and load, the table."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import rule_times as bench  # benchmarks/rule_times.py
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
     rows = rule_times.totals(rule_times.read_run(results))
     report = {
         "date": "2026-12-02T06:00:00+00:00",
@@ -140,13 +147,8 @@ def test_docs_block_from_report(results: Path) -> None:
     assert table == rule_times.format_table(rows) + "\n"
 
 
-def test_floor_line_counts_training_shards_and_imports(tmp_path: Path) -> None:
+def test_floor_line_counts_training_shards_and_imports(tmp_path: Path, bench: ModuleType) -> None:
     """The floor: training and shards at their CPU s, other torch jobs at one import each."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import rule_times as bench  # benchmarks/rule_times.py
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
     bench_dir = tmp_path / "benchmarks"
     write_tsv(bench_dir / "train_model/a.tsv", ("60.0", "1.0", "50.0"))
     write_tsv(bench_dir / "train_model/b.tsv", ("60.0", "1.0", "50.0"))
@@ -161,3 +163,20 @@ def test_floor_line_counts_training_shards_and_imports(tmp_path: Path) -> None:
     assert "9 jobs import it" in line
     assert "plus the import alone of the other 4 torch jobs (8 s) make 120 CPU s" in line
     assert "at least 1 min 0 s on 2 cores" in line
+
+
+def test_share_line_sums_the_named_rules(results: Path, bench: ModuleType) -> None:
+    rows = rule_times.totals(rule_times.read_run(results))
+    # compare: 3.0 wall s of 25.5, 2.0 CPU s of 14.5
+    assert bench.share_line(rows, ("compare",), "It") == (
+        "It (`compare`): 1 jobs, 3.0 job-wall s (11.8% of all jobs') and 2.0 CPU s (13.8%)."
+    )
+    assert bench.share_line(rows, ("browser",), "It") == ""
+
+
+def test_folder_size_counts_files_and_bytes(tmp_path: Path, bench: ModuleType) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "one.js").write_bytes(b"x" * 10)
+    (tmp_path / "a" / "b" / "two.png").write_bytes(b"y" * 5)
+    assert bench.folder_size(tmp_path / "a") == (2, 15)
+    assert bench.folder_size(tmp_path / "missing") == (0, 0)

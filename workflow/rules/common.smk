@@ -465,7 +465,47 @@ def all_outputs():
     )
     outputs.extend(figure_outputs())
     outputs.append("results/summary.md")
+    outputs.append("results/browser/index.html")
     return outputs
+
+
+def browser_settings(wildcards):
+    """The browser keys that change a data script (images per unit, units per class)."""
+    return canonical(config["browser"])
+
+
+def browser_layer_inputs(wildcards):
+    """A browser data script's optional inputs: the concept files where the model has a
+    concept set, and the layer's cumulative table in the unit basis."""
+    inputs = {}
+    if has_concept_set(wildcards.model):
+        inputs["concepts"] = (
+            f"results/{wildcards.model}/{wildcards.layer}/{wildcards.basis}/concepts.h5"
+        )
+        inputs["concept_store"] = (
+            f"results/{wildcards.model}/activations/concept/{wildcards.layer}.h5"
+        )
+        inputs["broden"] = concept_dir(wildcards.model)
+    if wildcards.basis == "unit":
+        inputs["cumulative"] = (
+            f"results/{wildcards.model}/{wildcards.layer}/unit/cumulative.csv"
+        )
+    return inputs
+
+
+def browser_entries(wildcards):
+    """The browser's (model, layer, basis) entries, config order."""
+    return [{"model": m, "layer": l, "basis": b} for m, l, b in layer_keys()]
+
+
+def browser_scripts(wildcards):
+    """Every browser data script, in the order of browser_entries."""
+    return [f"results/browser/data/{m}/{l}/{b}.js" for m, l, b in layer_keys()]
+
+
+def browser_image_lists(wildcards):
+    """The image list beside every browser data script."""
+    return [f"results/browser/data/{m}/{l}/{b}.images.json" for m, l, b in layer_keys()]
 
 
 # Figure inputs: the figure registry (workflow/unitablation/figures/registry.py) says what

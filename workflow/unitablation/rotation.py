@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 BASIS_PATTERN = re.compile(r"^(unit|rot(\d+))$")
 
@@ -39,4 +42,6 @@ def parse_basis(basis: str) -> int | None:
 
 def rotate(maps: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     """Coordinates z_j = r_j . a of (N, C, ...) maps in the rotated basis, same shape."""
+    import torch
+
     return torch.einsum("jc,nc...->nj...", rotation.to(maps.dtype), maps)
