@@ -175,11 +175,11 @@ def concept_examples(
     sources: LayerSources, layer: str, rotation: np.ndarray | None, count: int
 ) -> dict[int, list[dict[str, Any]]]:
     """Each unit's top `count` concept images (ranked by the concept IoU job) with its mask
-    overlay; empty without a concept set."""
+    overlay; empty without a concept set. Each image's maps are read once, for every unit that
+    ranks it (top images overlap across units)."""
     if sources.concepts is None or sources.concept_store is None or sources.broden is None:
         return {}
     broden = read_broden(sources.broden)
-    examples: dict[int, list[dict[str, Any]]] = {}
     with (
         open_hdf5(sources.concepts, "concept IoU matrix") as concepts,
         ActivationStore(sources.concept_store) as store,
@@ -188,30 +188,41 @@ def concept_examples(
         thresholds = concepts["thresholds"][:]
         top_images = concepts["top_images"][:, :count]
         top_scores = concepts["top_scores"][:, :count]
+        if maps.shape[0] != len(broden.records) or maps.shape[1] != len(thresholds):
+            raise ValueError(
+                f"activation store {sources.concept_store} holds {maps.shape[0]} images x "
+                f"{maps.shape[1]} units of layer {layer!r}, but the concept set "
+                f"{sources.broden} has {len(broden.records)} images and {sources.concepts} "
+                f"{len(thresholds)} units"
+            )
+        ranked_by_row: dict[int, list[tuple[int, int, float]]] = {}
         for unit in range(len(thresholds)):
-            cards = []
-            for row, score in zip(top_images[unit], top_scores[unit], strict=True):
-                if row < 0:  # fewer ranked images than asked for
-                    continue
-                record = broden.records[int(row)]
-                channels = np.asarray(maps[int(row)], dtype=np.float64)
+            pairs = zip(top_images[unit], top_scores[unit], strict=True)
+            for rank, (row, score) in enumerate(pairs):
+                if row >= 0:  # -1: fewer ranked images than asked for
+                    ranked_by_row.setdefault(int(row), []).append((unit, rank, float(score)))
+        cards: dict[tuple[int, int], dict[str, Any]] = {}
+        for row in sorted(ranked_by_row):
+            record = broden.records[row]
+            channels = np.asarray(maps[row], dtype=np.float64)
+            for unit, rank, score in ranked_by_row[row]:
                 if rotation is None:
                     activation = channels[unit].astype(np.float32)
                 else:  # the direction's coordinate, in float64 then float32 as the IoU job
                     activation = np.tensordot(rotation[unit], channels, axes=1).astype(np.float32)
                 mask = unit_mask(activation, (record.ih, record.iw), float(thresholds[unit]))
-                cards.append(
-                    {
-                        "image": ImageRef(broden.root / "images", record.image),
-                        "width": int(record.iw),
-                        "height": int(record.ih),
-                        "score": f"{float(score):.4g}",
-                        "mask_fraction": f"{float(mask.mean()):.3f}",
-                        "overlay": mask_overlay_uri(mask),
-                    }
-                )
-            examples[unit] = cards
-    return examples
+                cards[unit, rank] = {
+                    "image": ImageRef(broden.root / "images", record.image),
+                    "width": int(record.iw),
+                    "height": int(record.ih),
+                    "score": f"{score:.4g}",
+                    "mask_fraction": f"{float(mask.mean()):.3f}",
+                    "overlay": mask_overlay_uri(mask),
+                }
+    return {
+        unit: [cards[unit, rank] for rank in range(count) if (unit, rank) in cards]
+        for unit in range(len(thresholds))
+    }
 
 
 def image_size(path: Path) -> tuple[int, int]:
