@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import math
+import shutil
 from pathlib import Path
 
 import h5py
@@ -362,3 +363,47 @@ def test_page_in_chromium(tiny_run: Path, tmp_path: Path) -> None:
     ranked = sorted(drops, key=lambda r: (-float(r[classes["cls"]]), int(r["unit"])))
     assert classes["units"] == [int(r["unit"]) for r in ranked[:10]]
     assert not classes["curve"] and steps["unitClasses"]["curve"]
+
+
+MISSING_DRIVER = """
+(async function () {
+  await window.unitBrowser.ready;
+  const layer = document.getElementById("layer");
+  layer.value = layer.options[1].value;
+  layer.dispatchEvent(new Event("change"));
+  await window.unitBrowser.ready;
+  const alert = document.getElementById("load-error");
+  return { hidden: alert.hidden, text: alert.textContent, errors: window.__reportCheckErrors };
+})()
+"""
+
+
+def evaluate_page(html: Path, profile: Path, expression: str) -> dict:
+    """Open the page in headless Chromium and return what `expression` resolves to."""
+    with rc.DevToolsPipe(rc.find_chromium(), profile, timeout=120) as cdp:
+        target = cdp.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = cdp.call("Target.attachToTarget", {"targetId": target, "flatten": True})[
+            "sessionId"
+        ]
+        cdp.call("Page.enable", session=session)
+        cdp.call("Page.addScriptToEvaluateOnNewDocument", {"source": rc.ERROR_HOOK}, session)
+        cdp.call("Page.navigate", {"url": html.resolve().as_uri()}, session)
+        cdp.wait_event("Page.loadEventFired", session)
+        reply = cdp.call(
+            "Runtime.evaluate",
+            {"expression": expression, "awaitPromise": True, "returnByValue": True},
+            session,
+        )
+        assert "exceptionDetails" not in reply, reply
+        return reply["result"]["value"]
+
+
+@pytest.mark.workflow
+def test_a_missing_data_script_is_named_on_the_page(tiny_run: Path, tmp_path: Path) -> None:
+    """A browser folder copied without one entry's script says which, with no uncaught error."""
+    copy = tmp_path / "browser"
+    shutil.copytree(tiny_run / "results/browser", copy)
+    (copy / "data/plain/features.relu5/unit.js").unlink()
+    seen = evaluate_page(copy / "index.html", tmp_path / "profile", MISSING_DRIVER)
+    assert not seen["hidden"] and "data/plain/features.relu5/unit.js" in seen["text"], seen
+    assert seen["errors"] == []

@@ -268,7 +268,12 @@
     document.body.classList.add("loading");
     return load(entry).then(() => {
       document.body.classList.remove("loading");
+      $("load-error").hidden = true;
       render();
+    }, (error) => {  // a data script missing beside the page: say which, keep the page usable
+      document.body.classList.remove("loading");
+      $("load-error").textContent = String(error.message) + " (is the folder complete?)";
+      $("load-error").hidden = false;
     });
   }
 
